@@ -1,0 +1,88 @@
+"""Every error cellcls raises on bad input, in one place.
+
+Each message says what was expected, what came, which file/ID/row caused it, and, where
+there is one, what to do instead. The CLI prints ``CellclsError`` messages without a
+traceback and exits non-zero.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "CellclsError",
+    "ImageError",
+    "MissingChannelError",
+    "UnreadableImageError",
+    "ChannelMismatchError",
+    "UnsupportedImageError",
+    "LabelError",
+    "BadLabelRowError",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "UnsafeWeightsError",
+    "MaskCodecError",
+    "SubmissionError",
+    "CacheError",
+    "RegistryError",
+]
+
+
+class CellclsError(Exception):
+    """Base class of every error raised on bad input or bad configuration."""
+
+
+class ImageError(CellclsError):
+    """A sample's channel files could not be turned into an image."""
+
+
+class MissingChannelError(ImageError, FileNotFoundError):
+    """A channel file of a sample does not exist."""
+
+
+class UnreadableImageError(ImageError):
+    """A channel file exists but cannot be decoded (corrupt, truncated, not an image)."""
+
+
+class ChannelMismatchError(ImageError):
+    """The channel files of one sample differ in size or dtype."""
+
+
+class UnsupportedImageError(ImageError):
+    """A decoded channel has a dtype or shape the pipeline does not handle."""
+
+
+class LabelError(CellclsError):
+    """A label file is malformed."""
+
+
+class BadLabelRowError(LabelError):
+    """One row of a label file is invalid; the message names the row number and reason."""
+
+
+class WeightsError(CellclsError):
+    """A weight file is missing, unsafe or does not fit the network."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """No weight file was found; the message lists every place looked."""
+
+
+class UnsafeWeightsError(WeightsError):
+    """A pickled weight file references a global outside the allowlist."""
+
+
+class MaskCodecError(CellclsError):
+    """A mask string is not valid competition RLE, or does not fit the stated size."""
+
+
+class SubmissionError(CellclsError):
+    """A submission or solution file is malformed."""
+
+
+class CacheError(CellclsError):
+    """A mask-cache entry or manifest is unreadable or inconsistent."""
+
+
+class RegistryError(CellclsError, KeyError):
+    """An unknown name was looked up in a registry; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
