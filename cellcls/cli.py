@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable, Sequence
 
-__all__ = ["Command", "ENTRY_POINT_GROUP", "discover_commands", "build_parser", "main", "run_command"]
+__all__ = ["Command", "ENTRY_POINT_GROUP", "discover_commands", "build_parser", "main", "run_command", "stage_main"]
 
 ENTRY_POINT_GROUP = "cellcls.commands"
 log = logging.getLogger("cellcls")
@@ -53,10 +53,16 @@ class Command:
     run: Callable[[argparse.Namespace], int | None]
 
 
-def discover_commands() -> dict[str, Command]:
-    """Load every :class:`Command` registered in the ``cellcls.commands`` entry-point group."""
+def discover_commands(*, package: str | None = None) -> dict[str, Command]:
+    """Load every :class:`Command` registered in the ``cellcls.commands`` entry-point group.
+
+    ``package`` keeps only the commands whose object lives in that top-level package
+    (``"train"`` gives the training stage's commands).
+    """
     found: dict[str, Command] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if package is not None and ep.value.split(".", 1)[0].split(":", 1)[0] != package:
+            continue
         try:
             cmd = ep.load()
         except Exception as exc:  # a broken plugin must not take the whole CLI down
@@ -85,14 +91,19 @@ def _epilog(cmd: Command) -> str:
     return "example:\n" + textwrap.indent(textwrap.dedent(cmd.example).strip(), "  ")
 
 
-def build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    commands: dict[str, Command] | None = None,
+    *,
+    prog: str = "cellcls",
+    description: str = "Label every cell of Human Protein Atlas images: data tools, segmentation, "
+    "training, inference and Kaggle submission.",
+) -> argparse.ArgumentParser:
     """The top-level parser with one subparser per discovered command."""
     commands = discover_commands() if commands is None else commands
     parser = argparse.ArgumentParser(
-        prog="cellcls",
-        description="Label every cell of Human Protein Atlas images: data tools, segmentation, "
-        "training, inference and Kaggle submission.",
-        epilog="Run 'cellcls COMMAND --help' for a command's options and an example.",
+        prog=prog,
+        description=description,
+        epilog=f"Run '{prog} COMMAND --help' for a command's options and an example.",
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for cmd in commands.values():
@@ -147,6 +158,24 @@ def run_command(cmd: Command, argv: Sequence[str] | None = None, *, prog: str | 
     )
     _configure_command_parser(parser, cmd)
     return _execute(parser.parse_args(argv))
+
+
+def stage_main(package: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m <package>``: the commands a stage registered, under the stage's own name."""
+    commands = discover_commands(package=package)
+    if not commands:
+        print(
+            f"the '{package}' stage registers no commands in this installation; "
+            f"run 'cellcls --help' for what is available",
+            file=sys.stderr,
+        )
+        return 2
+    parser = build_parser(commands, prog=f"python -m {package}", description=f"The {package} stage of cellcls.")
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_command"):
+        parser.print_help()
+        return 2
+    return _execute(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
