@@ -1,0 +1,249 @@
+"""segment.labelling equals hpacellseg 0.1.8 ``label_cell`` on its fixture, and fixes its defects.
+
+The fixture (tests/data/label_cell_fixture.npz, a copy of reference/label_cell_fixture.npz) holds
+the real function's inputs and outputs at full resolution (stock constants) and at quarter
+resolution (the "faster HPA cell segmentation" constants). Comparison as in its notes: equal
+background, a bijection of cell ids, nuclei equal through that bijection.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+
+from segment.labelling import LabelParams, label_cell, label_nuclei
+
+FIXTURE = Path(__file__).parent / "data" / "label_cell_fixture.npz"
+CASES = ("case1", "case2", "case3", "case4")
+QUARTER = LabelParams().scaled(0.25)
+SKIMAGE_GE_0_25 = tuple(int(x) for x in skimage.__version__.split(".")[:2]) >= (0, 25)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    with np.load(FIXTURE) as data:  # no pickle needed
+        yield {key: data[key] for key in data.files}
+
+
+def expected(fixture: dict, case: str, res: str) -> tuple[np.ndarray, np.ndarray]:
+    cell_key = f"{case}_{res}_cell_label"
+    # skimage >= 0.25 breaks watershed plateau ties differently; the fixture stores that variant.
+    if SKIMAGE_GE_0_25 and f"{cell_key}_skimage_ge_0_25" in fixture:
+        cell_key += "_skimage_ge_0_25"
+    return fixture[f"{case}_{res}_nuclei_label"], fixture[cell_key]
+
+
+def assert_same_labelling(exp_nuclei, exp_cells, got_nuclei, got_cells) -> None:
+    """Equal background, a bijection of cell ids, nuclei equal through it (fixture notes §3)."""
+    assert got_cells.shape == exp_cells.shape and got_nuclei.shape == exp_nuclei.shape
+    differing = int(((exp_cells == 0) != (got_cells == 0)).sum())
+    assert differing == 0, f"cell background differs in {differing} px"
+    fg = exp_cells > 0
+    stride = int(got_cells.max()) + 1
+    pairs = np.unique(exp_cells[fg].astype(np.int64) * stride + got_cells[fg])
+    exp_ids, got_ids = np.divmod(pairs, stride)
+    n_exp, n_got = np.unique(exp_ids).size, np.unique(got_ids).size
+    assert pairs.size == n_exp == n_got, f"{pairs.size} id pairs for {n_exp} expected, {n_got} found cells"
+    to_expected = np.zeros(stride, np.int64)
+    to_expected[got_ids] = exp_ids
+    mapped = to_expected[got_nuclei]
+    assert np.array_equal(mapped, exp_nuclei), f"nuclei differ in {int((mapped != exp_nuclei).sum())} px"
+
+
+def run_case(fixture: dict, case: str, res: str, params: LabelParams):
+    nuclei_pred = fixture[f"{case}_{res}_nuclei_pred"]
+    cell_pred = fixture[f"{case}_{res}_cell_pred"]
+    return label_cell(nuclei_pred, cell_pred, params=params)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_quarter_resolution_equals_reference(fixture, case):
+    nuclei, cells = run_case(fixture, case, "quarter", QUARTER)
+    exp_nuclei, exp_cells = expected(fixture, case, "quarter")
+    assert_same_labelling(exp_nuclei, exp_cells, nuclei, cells)
+    assert cells.dtype == nuclei.dtype == np.uint16
+    # The last relabel is raster-order labelling, so even the ids agree.
+    assert np.array_equal(cells, exp_cells) and np.array_equal(nuclei, exp_nuclei)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_full_resolution_equals_reference(fixture, case):
+    nuclei, cells = run_case(fixture, case, "full", LabelParams())
+    exp_nuclei, exp_cells = expected(fixture, case, "full")
+    assert_same_labelling(exp_nuclei, exp_cells, nuclei, cells)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float_maps_u_over_255_give_the_same_labels(fixture, case):
+    # Documented equivalence: uint8 u and float64 u / 255 label alike (the border sum's uint8
+    # wrap aside, which touches 1 px of case2 without effect on the labels).
+    nuclei_pred = fixture[f"{case}_quarter_nuclei_pred"] / 255.0
+    cell_pred = fixture[f"{case}_quarter_cell_pred"] / 255.0
+    nuclei, cells = label_cell(nuclei_pred, cell_pred, params=QUARTER)
+    exp_nuclei, exp_cells = expected(fixture, case, "quarter")
+    assert np.array_equal(cells, exp_cells) and np.array_equal(nuclei, exp_nuclei)
+
+
+@pytest.mark.parametrize("res", ["quarter", "full"])
+def test_cell_threshold_matches_the_reference_value(fixture, res):
+    # max(0.22, threshold_otsu(cell[..., 2] / 255) * 0.5) as recorded inside the original call;
+    # uint8 maps take a cheaper histogram path, float maps skimage's own: both must agree.
+    from segment.labelling import _as_maps, _cell_threshold
+
+    for case in CASES:
+        cell_pred = fixture[f"{case}_{res}_cell_pred"]
+        planes, _ = _as_maps(cell_pred, cell_pred)
+        float_planes, _ = _as_maps(cell_pred / 255.0, cell_pred / 255.0)
+        reference = float(fixture[f"{case}_{res}_threshold_value"])
+        assert _cell_threshold(planes, QUARTER) == reference
+        assert _cell_threshold(float_planes, QUARTER) == reference
+
+
+def test_stock_constants_find_nothing_on_quarter_maps(fixture):
+    # hpacellseg issue #20: full-resolution cut-offs on quarter-resolution maps.
+    for case in ("case1", "case2"):
+        nuclei, cells = run_case(fixture, case, "quarter", LabelParams())
+        assert cells.max() == 0 and nuclei.max() == 0
+
+
+def test_quarter_constants_are_not_a_no_op_on_quarter_maps(fixture):
+    # The disk radius matters (disk(6) at quarter resolution is a detectable deviation).
+    wrong = dataclasses.replace(QUARTER, closing_radius_px=6)
+    _, cells = run_case(fixture, "case1", "quarter", wrong)
+    _, exp_cells = expected(fixture, "case1", "quarter")
+    assert not np.array_equal(cells > 0, exp_cells > 0)
+
+
+def test_inputs_are_not_modified(fixture):
+    nuclei_pred = fixture["case4_quarter_nuclei_pred"].copy()
+    cell_pred = fixture["case4_quarter_cell_pred"].copy()
+    label_cell(nuclei_pred, cell_pred, params=QUARTER)
+    label_nuclei(nuclei_pred, cell_pred, params=QUARTER)
+    assert np.array_equal(nuclei_pred, fixture["case4_quarter_nuclei_pred"])
+    assert np.array_equal(cell_pred, fixture["case4_quarter_cell_pred"])
+
+
+def test_label_nuclei_gives_the_seeds_of_the_final_nuclei(fixture):
+    seeds = label_nuclei(
+        fixture["case2_quarter_nuclei_pred"], fixture["case2_quarter_cell_pred"], params=QUARTER
+    )
+    nuclei, cells = run_case(fixture, "case2", "quarter", QUARTER)
+    assert seeds.dtype == np.uint16
+    assert np.array_equal(np.unique(seeds), np.arange(int(seeds.max()) + 1))  # ids 1..N
+    # Final nuclei are these nuclei restricted to cells (minus small leftovers).
+    assert not ((nuclei > 0) & (seeds == 0)).any()
+    # Every cell grew from one of them.
+    assert set(np.unique(cells[seeds > 0])) >= set(np.unique(cells[cells > 0]))
+
+
+def grid_of_cells(rows: int, cols: int, *, pitch: int = 24, cell: int = 22, nucleus: int = 16):
+    """uint8 maps of rows x cols square cells, each with a centred square nucleus, 2 px apart."""
+    h, w = rows * pitch, cols * pitch
+    nuclei_pred = np.zeros((h, w, 3), np.uint8)
+    cell_pred = np.zeros((h, w, 3), np.uint8)
+    off_n = (pitch - nucleus) // 2
+    for r in range(rows):
+        for c in range(cols):
+            y, x = r * pitch, c * pitch
+            cell_pred[y : y + cell, x : x + cell, 2] = 230
+            nuclei_pred[y + off_n : y + off_n + nucleus, x + off_n : x + off_n + nucleus, 2] = 240
+    return nuclei_pred, cell_pred
+
+
+def test_more_than_255_cells_keep_distinct_ids():
+    # 15 x 20 = 300 cells on a non-square map: the original's uint8 cast would wrap ids here.
+    nuclei_pred, cell_pred = grid_of_cells(15, 20)
+    nuclei, cells = label_cell(nuclei_pred, cell_pred, params=QUARTER)
+    assert cells.shape == (360, 480) and cells.dtype == np.uint16
+    assert int(cells.max()) == 300
+    assert np.array_equal(np.unique(cells), np.arange(301))
+    # Raster order: the first cell met scanning row-major is 1, the last one 300.
+    assert cells[10, 10] == 1 and cells[-14, -14] == 300 and cells[10, 34] == 2
+    # One nucleus per cell, carrying its cell's id and lying inside it.
+    assert np.array_equal(np.unique(nuclei), np.arange(301))
+    assert np.all(cells[nuclei > 0] == nuclei[nuclei > 0])
+
+
+def test_uint8_border_sum_wraps_like_the_original():
+    nuclei_pred, cell_pred = grid_of_cells(1, 1, pitch=40, cell=36, nucleus=26)
+    # 200 + 100 wraps to 44 in uint8: border_ok holds and the nucleus keeps its seed. In float
+    # there is no wrap: 1 - (200 + 100) / 255 < 0.05 removes every seed, so no cell is found.
+    nuclei_pred[..., 1] = 200
+    cell_pred[..., 1] = 100
+    _, cells_u8 = label_cell(nuclei_pred, cell_pred, params=QUARTER)
+    _, cells_float = label_cell(nuclei_pred / 255.0, cell_pred / 255.0, params=QUARTER)
+    assert cells_u8.max() == 1 and cells_float.max() == 0
+
+
+def test_nuclear_threshold_is_strict():
+    # 102 / 255 == 0.4 exactly: not nuclear. 103 is.
+    nuclei_pred, cell_pred = grid_of_cells(1, 1, pitch=40, cell=36, nucleus=26)
+    at = nuclei_pred.copy()
+    at[..., 2][at[..., 2] > 0] = 102
+    above = nuclei_pred.copy()
+    above[..., 2][above[..., 2] > 0] = 103
+    assert label_cell(at, cell_pred, params=QUARTER)[1].max() == 0
+    assert label_cell(above, cell_pred, params=QUARTER)[1].max() == 1
+
+
+def test_scaled_gives_the_quarter_constants():
+    q = LabelParams().scaled(0.25)
+    assert (
+        q.max_nuclear_hole_area_px,
+        q.min_nuclear_mask_object_area_px,
+        q.min_nuclear_seed_area_px,
+        q.min_nucleus_area_px,
+        q.min_cell_area_px,
+        q.closing_radius_px,
+    ) == (63, 1, 32, 157, 344, 2)
+    # Probabilities do not scale; the seed threshold is the original's 0.4 - 0.25.
+    assert q.seed_threshold == 0.4 - 0.25 == 0.15000000000000002
+    assert (q.nuclei_threshold, q.cell_threshold_floor, q.otsu_factor) == (0.4, 0.22, 0.5)
+    assert LabelParams().scaled(1.0) == LabelParams()
+    half = LabelParams().scaled(0.5)
+    assert (half.min_cell_area_px, half.min_nucleus_area_px, half.closing_radius_px) == (1375, 625, 3)
+    # Float noise must not bump a cut-off: 1000 * 0.1**2 is 10.000000000000002.
+    assert LabelParams().scaled(0.1).max_nuclear_hole_area_px == 10
+
+
+def test_params_hash_is_stable_and_sensitive():
+    assert LabelParams().hash() == LabelParams().hash()
+    assert len(LabelParams().hash()) == 64
+    assert LabelParams().hash() != QUARTER.hash()
+    assert LabelParams(min_cell_area_px=5501).hash() != LabelParams().hash()
+    assert LabelParams().to_dict()["min_cell_area_px"] == 5500
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(min_cell_area_px=-1), dict(closing_radius_px=1.5), dict(nuclei_threshold=float("nan"))]
+)
+def test_params_reject_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        LabelParams(**kwargs)
+
+
+def test_scaled_rejects_bad_scale():
+    for scale in (0, -0.25, float("inf")):
+        with pytest.raises(ValueError):
+            LabelParams().scaled(scale)
+
+
+@pytest.mark.parametrize(
+    "nuclei_pred, cell_pred, message",
+    [
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), "same shape"),
+        (np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), "(H, W, 3)"),
+        (np.zeros((8, 8, 3), np.uint16), np.zeros((8, 8, 3), np.uint16), "uint8"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3)), "same dtype"),
+        (np.full((8, 8, 3), 2.0), np.zeros((8, 8, 3)), "[0, 1]"),
+        (np.full((8, 8, 3), np.nan), np.zeros((8, 8, 3)), "[0, 1]"),
+    ],
+)
+def test_bad_maps_are_rejected(nuclei_pred, cell_pred, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        label_cell(nuclei_pred, cell_pred, params=QUARTER)
