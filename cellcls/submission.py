@@ -5,10 +5,13 @@ and one row per test image ID, in the order of ``sample_submission.csv``. ImageW
 ImageHeight are the ORIGINAL image size in pixels. PredictionString holds space-separated
 triplets ``class confidence mask``: class an integer 0..18, confidence a finite number in
 [0, 1], mask a :mod:`cellcls.rle` mask string at the original size. One triplet per (cell,
-class); a cell with several classes repeats its mask string. An image without prediction has
-an empty PredictionString. No field may contain a comma, so rows are plain text lines; a
+class); a cell with several classes repeats its mask string. An image without any cell gets
+the sample submission's own placeholder ``0 1 eNoLCAgIMAEABJkBdQ==`` (one triplet with an empty
+mask, which the scorer drops): an empty field may be read as missing by the host's scorer. No field may contain a comma, so rows are plain text lines; a
 reader also accepts fields wrapped in double quotes and extra columns (a solution file's
 ``Usage``), and a row may be longer than Python's csv default field limit.
+
+NO_PREDICTION = "0 1 " + rle.EMPTY_MASK_FULL_FRAME  (written for images without cells)
 
 API
 ---
@@ -50,12 +53,18 @@ __all__ = [
     "validate_submission",
     "iter_rows",
     "split_prediction_string",
+    "NO_PREDICTION",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Column order of a submission file.
 COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
+
+#: PredictionString of an image without any cell: the sample submission's own placeholder, one
+#: triplet whose mask is empty (the scorer drops it). Safer than an empty field, which the host's
+#: pandas-based scorer reads as NaN.
+NO_PREDICTION = "0 1 " + rle.EMPTY_MASK_FULL_FRAME
 
 
 @dataclass(frozen=True)
@@ -344,7 +353,8 @@ def prediction_string(
         if set(int(k) for k in scores) != set(cell_ids):
             raise SubmissionError(f"ID {image_id}: score keys {sorted(scores)[:10]} differ from mask cell ids "
                                   f"{cell_ids[:10]}")
-        table = np.array([np.asarray(scores[k], dtype=np.float64) for k in cell_ids]).reshape(len(cell_ids), -1)
+        rows = [np.asarray(scores[k], dtype=np.float64) for k in cell_ids]
+        table = np.stack(rows) if rows else np.zeros((0, NUM_CLASSES))
     else:
         table = np.asarray(scores, dtype=np.float64)
         if table.ndim != 2 or table.shape[0] != len(cell_ids):
@@ -482,7 +492,7 @@ class SubmissionWriter:
         else:
             self._check_mask_sizes(image_id, masks, sample)
         text = prediction_string(masks, scores, top_k=self.top_k, min_confidence=self.min_confidence,
-                                 image_id=image_id)
+                                 image_id=image_id) or NO_PREDICTION
         self._added.add(image_id)
         self._put(self._position[image_id], f"{sample.id},{sample.width},{sample.height},{text}\n")
 
@@ -523,7 +533,7 @@ class SubmissionWriter:
         return [row.id for row in self.sample if row.id not in self._added]
 
     def close(self) -> Path:
-        """Fill IDs without a row with empty predictions, publish the file, return its path."""
+        """Fill IDs without a row with :data:`NO_PREDICTION`, publish the file, return its path."""
         if self._closed:
             return self.path
         missing = self.missing
@@ -532,13 +542,13 @@ class SubmissionWriter:
                 self._drain(position)
             else:
                 row = self.sample[position]
-                self._out.write(f"{row.id},{row.width},{row.height},\n")
+                self._out.write(f"{row.id},{row.width},{row.height},{NO_PREDICTION}\n")
         self._out.close()
         os.replace(self._partial, self.path)
         shutil.rmtree(self._spill, ignore_errors=True)
         self._closed = True
         if missing:
-            log.warning("%d of %d sample IDs had no predictions and were written empty (first: %s)",
+            log.warning("%d of %d sample IDs had no predictions and got the empty placeholder (first: %s)",
                         len(missing), len(self.sample), missing[0])
         log.info("wrote %s (%d rows)", self.path, len(self.sample))
         return self.path

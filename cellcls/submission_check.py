@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import rle
 from .classes import NUM_CLASSES
 from .errors import MaskCodecError
-from .submission import COLUMNS, SampleRow, _csv_lines, read_sample_submission, split_prediction_string
+from .submission import COLUMNS, NO_PREDICTION, SampleRow, _csv_lines, read_sample_submission, split_prediction_string
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate_submission"]
 
@@ -173,13 +173,15 @@ def validate_submission(
                         num_classes)
     for image_id in expected:
         if image_id not in seen:
-            report.add("missing-id", 0, image_id, None, "no row for this sample ID (write an empty "
-                       "PredictionString if there is no prediction)")
+            report.add("missing-id", 0, image_id, None, "no row for this sample ID (write the placeholder "
+                       f"'{NO_PREDICTION}' if the image has no cell)")
     return report
 
 
 def _check_triplets(report: ValidationReport, line: int, image_id: str, text: str, shape: tuple[int, int],
                     allow_empty: bool, num_classes: int) -> None:
+    if text.strip() == NO_PREDICTION:  # the sample's placeholder: "no cell in this image", valid as is
+        return
     _, _, masks, problems = split_prediction_string(text, num_classes=num_classes)
     for index, kind, message in problems:
         report.add(kind, line, image_id, index, message)

@@ -12,6 +12,7 @@ from cellcls import rle
 from cellcls.cli import main
 from cellcls.errors import SubmissionError
 from cellcls.submission import (
+    NO_PREDICTION,
     SampleRow,
     SubmissionWriter,
     format_confidence,
@@ -101,13 +102,29 @@ def test_writer_upscales_label_maps_to_the_sample_size(tmp_path, sample_path):
     np.testing.assert_array_equal(rle.decode(triplets[0].mask, (6, 8)), expected)
 
 
-def test_writer_missing_ids_get_empty_prediction(tmp_path, sample_path):
+def test_writer_missing_ids_and_cell_free_images_get_the_sample_placeholder(tmp_path, sample_path):
+    # An empty field may be read as NaN by the host's scorer; the sample's own placeholder is safe.
     with SubmissionWriter(tmp_path / "s.csv", sample_path) as writer:
         writer.add("img_b", label_map(5, 5, 1), scores_for(1))
+        writer.add("img_c", np.zeros((5, 5), np.uint16), np.zeros((0, 19)))
     rows = list(read_submission(tmp_path / "s.csv"))
     assert [r.id for r in rows] == ["img_a", "img_b", "img_c"]
-    assert rows[0].prediction_string == "" and rows[2].prediction_string == ""
-    assert rows[1].prediction_string != ""
+    assert rows[0].prediction_string == NO_PREDICTION == "0 1 eNoLCAgIMAEABJkBdQ=="
+    assert rows[2].prediction_string == NO_PREDICTION
+    assert rows[1].prediction_string not in ("", NO_PREDICTION)
+    assert validate_submission(tmp_path / "s.csv", sample_path).ok
+
+
+def test_placeholder_is_valid_but_other_empty_masks_are_not(tmp_path, sample_path):
+    sample = read_sample_submission(sample_path)
+    lines = ["ID,ImageWidth,ImageHeight,PredictionString"]
+    lines += [f"{r.id},{r.width},{r.height},{NO_PREDICTION}" for r in sample]
+    (tmp_path / "p.csv").write_text("\n".join(lines) + "\n")
+    assert validate_submission(tmp_path / "p.csv", sample_path).ok
+    first = sample[0]
+    lines[1] = f"{first.id},{first.width},{first.height},3 0.5 {rle.EMPTY_MASK_FULL_FRAME}"
+    (tmp_path / "q.csv").write_text("\n".join(lines) + "\n")
+    assert dict(validate_submission(tmp_path / "q.csv", sample_path).counts) == {"empty-mask": 1}
 
 
 def test_writer_dict_masks_top_k_and_min_confidence(tmp_path, sample_path):
