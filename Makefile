@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m cellcls.demo --out $(DEMO_DIR)
+	$(PY) -m infer.demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
