@@ -6,7 +6,10 @@ Goal: 100 images at 512 x 512 in under 60 s on 2 CPU cores.
     python benchmarks/bench_synth.py --n 20 --size 768
 
 Also prints how weak the image labels are as cell labels (what a pipeline that copies the
-image label to every cell gets wrong), from the generated truth.
+image label to every cell gets wrong), from the generated truth, and the competition mAP
+(cellcls.metric.evaluate, true cell masks) of three reference submissions on all images of
+the 8-bit world: the image labels broadcast to every cell, the train class prior for every
+cell, and the per-cell truth (oracle, must be 1).
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from cellcls.synth import generate_world
+from cellcls.synth.difficulty import REFERENCES, world_reference_scores
 
 GOAL_S_PER_100 = 60.0
 
@@ -68,6 +74,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     hardness = None
+    scores = None
     for bits in (8, 16):
         seconds, cpu, world, tmp = _run(args.n, args.size, bits, args.seed)
         per100 = seconds / args.n * 100
@@ -78,11 +85,27 @@ def main() -> None:
         )
         if hardness is None:
             hardness = _hardness(world)
+            t0 = time.perf_counter()
+            scores = world_reference_scores(world, splits=("train", "test"))
+            score_s = time.perf_counter() - t0
         tmp.cleanup()
     print()
     print("weak labels (train split of the 8-bit run):")
     for k, v in hardness.items():
         print(f"  {k:<48} {v:.3f}" if isinstance(v, float) else f"  {k:<48} {v}")
+    print()
+    n_img = scores["oracle"].n_images
+    print(f"reference submissions on the true cell masks, {n_img} images of the 8-bit run ({score_s:.1f} s to score):")
+    header = f"{'submission':<12} {'mAP':>7} {'vs broadcast':>13} {'classes':>8}"
+    print(header)
+    print("-" * len(header))
+    base = scores["broadcast"].map
+    for name in REFERENCES:
+        r = scores[name]
+        n_cls = int((~np.isnan(r.per_class_ap)).sum())
+        print(f"{name:<12} {r.map:>7.3f} {r.map / base:>12.2f}x {n_cls:>8}")
+    neg = scores["broadcast"].per_class_ap[18], scores["prior"].per_class_ap[18]
+    print(f"  (broadcast and prior tie on classes 0-17; Negative AP: broadcast {neg[0]:.3f}, prior {neg[1]:.3f})")
 
 
 if __name__ == "__main__":

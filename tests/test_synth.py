@@ -15,7 +15,7 @@ from cellcls import rle
 from cellcls.classes import CLASSES, NEGATIVE, NUM_CLASSES
 from cellcls.cli import main
 from cellcls.synth import PATTERNS, SynthSample, generate_world, make_sample, preview_sheet
-from cellcls.synth.proteins import assign_cell_labels, draw_pattern_set
+from cellcls.synth.proteins import CELL_SHARE, ImageShares, assign_cell_labels, draw_image_shares, draw_pattern_set
 
 SCALE = 0.25
 NUCLEAR = (0, 2, 3, 4, 5)
@@ -257,17 +257,57 @@ def test_negative_has_little_green():
     assert cell_signal(neg) < 0.25 * cell_signal(pos)
 
 
-def test_heterogeneity_and_weak_labels():
-    rng = np.random.default_rng(0)
-    dividing = [False] * 40
-    labels = assign_cell_labels(rng, (0, 16), dividing, heterogeneity=0.4)
-    full = sum(lab == (0, 16) for lab in labels)
-    assert 0.4 * 40 <= full < 40, "some but not most cells deviate from the protein's pattern set"
+def test_cells_show_different_subsets_and_some_express_nothing():
+    dividing = [False] * 4000
+    shares = ImageShares({0: 0.7, 16: 0.5}, non_expressing=0.1)
+    labels = assign_cell_labels(np.random.default_rng(0), (0, 16), dividing, shares=shares)
+    frac = lambda pred: sum(map(pred, labels)) / len(labels)  # noqa: E731
     assert all(set(lab) <= {0, 16} or lab == (NEGATIVE,) for lab in labels)
-    assert {0, 16} <= set().union(*labels)
-    # "or show another": with an alternate location some deviating cells show it
-    labels = assign_cell_labels(np.random.default_rng(1), (4,), dividing, heterogeneity=0.4, alternate=14)
-    assert 0 < sum(14 in lab for lab in labels) < 0.4 * 40
+    assert frac(lambda lab: 0 in lab) == pytest.approx(0.9 * 0.7, abs=0.03)
+    assert frac(lambda lab: 16 in lab) == pytest.approx(0.9 * 0.5, abs=0.03)
+    # cells of a two-location protein show either, both or neither
+    for subset in ((0,), (16,), (0, 16)):
+        assert frac(lambda lab: lab == subset) > 0.1
+    assert frac(lambda lab: lab == (NEGATIVE,)) == pytest.approx(0.1 + 0.9 * 0.3 * 0.5, abs=0.03)
+    # an alternate location is shown by its share of the expressing cells, besides the set
+    alt = assign_cell_labels(np.random.default_rng(1), (4,), dividing,
+                             shares=ImageShares({4: 0.6}, alternate=0.1), alternate=14)
+    assert sum(14 in lab for lab in alt) / len(alt) == pytest.approx(0.1, abs=0.02)
+
+
+def test_every_class_of_the_set_is_shown_by_some_cell():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        n = int(rng.integers(1, 6))
+        dividing = [False] * n
+        ps = draw_pattern_set(rng)
+        labels = assign_cell_labels(rng, ps, dividing, shares=draw_image_shares(rng, ps))
+        shown = set().union(*labels)
+        able = set(ps) - {11}
+        assert able <= shown, (ps, labels)
+
+
+def test_cell_share_table_is_class_dependent_like_real_hpa():
+    assert sorted(CELL_SHARE) == list(range(NEGATIVE))
+    assert all(0.0 < lo <= hi <= 1.0 for lo, hi in CELL_SHARE.values())
+    mid = {c: sum(r) / 2 for c, r in CELL_SHARE.items()}
+    assert CELL_SHARE[11][1] <= 0.1, "spindle: only the few dividing cells"
+    assert mid[11] < mid[15] < mid[12] < mid[16], "spindle < aggresome < centrosome < cytosol"
+    assert mid[0] >= 0.6 and mid[16] >= 0.6 and mid[15] <= 0.3
+
+
+def test_minority_patterns_are_shown_by_few_cells_of_an_image():
+    def share(class_id: int) -> float:
+        shown = total = 0
+        for seed in range(6):
+            s = make_sample(seed, size_px=(256, 256), scale=0.125, labels=(class_id,), density=40)
+            shown += sum(class_id in lab for lab in s.cell_labels.values())
+            total += s.n_cells
+            assert s.image_labels == (class_id,)
+        return shown / total
+
+    assert share(11) < 0.15 and share(15) < 0.4 and share(16) > 0.4
+    assert share(15) < share(12) < share(16)
 
 
 def test_pattern_sets_follow_real_class_frequencies():
@@ -415,3 +455,14 @@ def test_preview_tiles_show_each_class(tmp_path):
     for class_id, tile in enumerate(body):
         assert tile.std() > 5, f"tile of class {class_id} is blank"
         assert all(np.abs(tile - other).mean() > 3 for other in body[:class_id]), "tiles are distinct images"
+
+
+def test_preview_shows_negative_without_specific_green(tmp_path):
+    """All tiles share one green display range: Negative is not stretched to look stained."""
+    path = preview_sheet(tmp_path / "p.png", seed=0, tile_px=256)
+    sheet = cv2.imread(str(path)).astype(np.float32)
+    tiles = [sheet[r * 258 + 40 : r * 258 + 256, c * 258 : c * 258 + 256] for r in range(4) for c in range(5)]
+    # green beyond what the faint marker composite puts there (BGR: green minus red)
+    green = [float(np.percentile(t[..., 1] - t[..., 2], 99.9)) for t in tiles[:NUM_CLASSES]]
+    positive = np.median(green[:NEGATIVE])
+    assert green[NEGATIVE] < 0.4 * positive, (green[NEGATIVE], positive)

@@ -8,6 +8,9 @@ world. Geometry is defined in full-resolution HPA pixels and multiplied by ``sca
 * :func:`generate_world` -- a whole dataset in the Kaggle layout plus truth files.
 * :func:`preview_sheet` -- a contact sheet with one image per class.
 * :data:`PATTERNS` -- the drawing function of each class's green pattern, keyed by class id.
+* :mod:`cellcls.synth.difficulty` -- reference mAPs (image labels broadcast to cells, class
+  prior, per-cell oracle) showing how hard a world is; heterogeneity is set by
+  :data:`cellcls.synth.proteins.CELL_SHARE`.
 """
 from .patterns import PATTERNS
 from .sample import SynthSample, make_sample

@@ -1,10 +1,12 @@
 """Proteins (antibody groups), their pattern sets, and which cells show what.
 
 A :class:`Protein` is what HPA images of one antibody share: a set of 1-3 location
-classes (drawn with frequencies shaped like the real train counts), a brightness style
-and a heterogeneity level. Each image then draws which of its cells show which of the
-protein's classes: a share of cells lack some or all of them (cell-to-cell variation),
-and the image-level label is the union over cells, so image labels are weak.
+classes (drawn with frequencies shaped like the real train counts) and a brightness style.
+Each image then draws, per class, the share of its cells that show it (:data:`CELL_SHARE`,
+class-dependent as in real HPA: spindle only in dividing cells, aggresome in a minority,
+cytosol in most), a share of non-expressing cells (cell truth Negative), and which cells show
+what; cells of a multi-location protein show different subsets. The image-level label is the
+union over cells, so image labels are weak.
 """
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ from .render import Acquisition, GreenStyle
 
 __all__ = [
     "MITOTIC_SPINDLE",
+    "CELL_SHARE",
+    "NON_EXPRESSING_SHARE",
+    "ALTERNATE_SHARE",
+    "ImageShares",
+    "draw_image_shares",
     "Protein",
     "class_weights",
     "draw_pattern_set",
@@ -33,6 +40,40 @@ MITOTIC_SPINDLE = 11
 #: Exponent flattening the real class counts: rare classes stay rare but still occur in small worlds.
 _FREQ_EXPONENT = 0.75
 _N_CLASSES_P = (0.45, 0.40, 0.15)  # proteins with 1, 2, 3 locations
+
+#: Share of a positive image's cells that show each class, as a (low, high) range from which
+#: every image draws its own value. Real HPA heterogeneity is strong and class-dependent: the
+#: mitotic spindle is seen only in the few dividing cells, aggresomes and centrosome staining in
+#: a minority, nuclear bodies and vesicles vary, diffuse nucleoplasm/cytosol/ER/mitochondria in
+#: most cells. The share counts expressing cells able to show the class (dividing cells cannot
+#: show nuclear classes). For the spindle it is the share of dividing cells in the image.
+#: This table is what makes copying image labels to all cells score badly (see
+#: :mod:`cellcls.synth.difficulty`); calibrate against that, not by eye.
+CELL_SHARE: dict[int, tuple[float, float]] = {
+    0: (0.45, 0.9),  # nucleoplasm
+    1: (0.35, 0.8),  # nuclear membrane
+    2: (0.35, 0.85),  # nucleoli
+    3: (0.25, 0.7),  # nucleoli fibrillar center
+    4: (0.35, 0.8),  # nuclear speckles
+    5: (0.2, 0.6),  # nuclear bodies
+    6: (0.45, 0.9),  # endoplasmic reticulum
+    7: (0.35, 0.8),  # golgi apparatus
+    8: (0.3, 0.75),  # intermediate filaments
+    9: (0.35, 0.8),  # actin filaments
+    10: (0.35, 0.8),  # microtubules
+    11: (0.02, 0.10),  # mitotic spindle: only the dividing cells
+    12: (0.3, 0.6),  # centrosome
+    13: (0.4, 0.85),  # plasma membrane
+    14: (0.45, 0.9),  # mitochondria
+    15: (0.15, 0.4),  # aggresome
+    16: (0.45, 0.9),  # cytosol
+    17: (0.2, 0.6),  # vesicles and punctate cytosolic patterns
+}
+#: Share of a positive image's cells expressing too little protein to be called (cell truth
+#: Negative), drawn per image: most images have a few, some many.
+NON_EXPRESSING_SHARE = (0.0, 0.3)
+#: Share of the expressing cells that show a protein's alternate location, drawn per image.
+ALTERNATE_SHARE = (0.05, 0.2)
 
 
 def class_weights() -> np.ndarray:
@@ -48,9 +89,8 @@ class Protein:
     group: str
     pattern_set: tuple[int, ...]
     green_gain: float  # fraction of full scale reached by a typical cell's brightest pattern
-    heterogeneity: float  # share of cells that deviate from the full pattern set
     style: GreenStyle
-    alternate: int | None = None  # a location some deviating cells show instead (None: they only lose classes)
+    alternate: int | None = None  # a location a few cells show besides or instead of the set (None: none)
 
 
 def validate_labels(labels: Sequence[int]) -> tuple[int, ...]:
@@ -85,7 +125,7 @@ def draw_pattern_set(rng: np.random.Generator) -> tuple[int, ...]:
 def draw_protein(rng: np.random.Generator, group: str, pattern_set: Sequence[int] | None = None) -> Protein:
     """A protein with a drawn (or given) pattern set and style.
 
-    A drawn protein has, a third of the time, an alternate location that some deviating cells
+    A drawn protein has, a third of the time, an alternate location that a few cells
     show; a protein with a given pattern set has none, so its cells show only those classes
     (or Negative).
     """
@@ -112,10 +152,42 @@ def draw_protein(rng: np.random.Generator, group: str, pattern_set: Sequence[int
         group=group,
         pattern_set=ps,
         green_gain=gain,
-        heterogeneity=float(rng.uniform(0.1, 0.4)),
         style=style,
         alternate=alternate,
     )
+
+
+@dataclass(frozen=True)
+class ImageShares:
+    """How heterogeneous one image of a protein is (all shares are fractions in [0, 1]).
+
+    per_class : class id -> share of the expressing cells able to show it that do show it.
+    non_expressing : share of cells expressing too little protein to be called (Negative).
+    alternate : share of expressing cells that show the protein's alternate location.
+    """
+
+    per_class: dict[int, float]
+    non_expressing: float = 0.0
+    alternate: float = 0.0
+
+
+def draw_image_shares(rng: np.random.Generator, pattern_set: Sequence[int]) -> ImageShares:
+    """Draw one image's shares: each class's from its :data:`CELL_SHARE` range, plus the
+    non-expressing (:data:`NON_EXPRESSING_SHARE`) and alternate (:data:`ALTERNATE_SHARE`) shares."""
+    per_class = {int(c): float(rng.uniform(*CELL_SHARE[c])) for c in pattern_set if c != NEGATIVE}
+    lo, hi = NON_EXPRESSING_SHARE
+    # most images have a few non-expressing cells, some many: a skewed draw over the range
+    non_expressing = lo + (hi - lo) * float(rng.beta(1.0, 2.5))
+    return ImageShares(per_class, non_expressing, float(rng.uniform(*ALTERNATE_SHARE)))
+
+
+def _able(class_id: int, dividing: np.ndarray) -> np.ndarray:
+    """Which cells can show ``class_id``: the spindle needs mitosis, nuclear classes need a nucleus."""
+    if class_id == MITOTIC_SPINDLE:
+        return dividing.copy()
+    if class_id in NUCLEAR_CLASSES:
+        return ~dividing
+    return np.ones(dividing.shape, bool)
 
 
 def assign_cell_labels(
@@ -123,49 +195,47 @@ def assign_cell_labels(
     pattern_set: Sequence[int],
     dividing: Sequence[bool],
     *,
-    heterogeneity: float,
+    shares: ImageShares | None = None,
     alternate: int | None = None,
 ) -> list[tuple[int, ...]]:
     """The classes each cell really shows.
 
-    Interphase cells show the pattern set minus the mitotic spindle; a share
-    ``heterogeneity`` of them drop one or more classes, and a third of those show the
-    ``alternate`` class instead when there is one. Dividing cells lose nuclear
-    classes (the envelope breaks down) and show the spindle when the protein has it.
-    A cell showing nothing is Negative (18). Every class of the set is shown by at least
-    one cell that can show it, so the union over cells is the set whenever the image has
-    such a cell.
+    A share ``shares.non_expressing`` of the cells express nothing callable. Each other cell
+    shows each class ``c`` of the set independently with probability ``shares.per_class[c]``
+    when it can (dividing cells lose the nuclear classes, the envelope having broken down, and
+    all show the spindle when the protein has it; interphase cells never do), so cells of a
+    multi-location protein show different subsets; a share ``shares.alternate`` of them also show
+    the ``alternate`` class. ``shares=None`` means every expressing cell shows everything it can.
+    A cell showing nothing is Negative (18). Every class of the set is shown by at least one
+    cell that can show it, so the union over cells is the set whenever the image has such a cell.
+
+    Returns
+    -------
+    list of sorted class-id tuples, one per cell, in the order of ``dividing``.
     """
     ps = tuple(sorted(set(int(c) for c in pattern_set)))
-    n = len(dividing)
-    out: list[list[int]] = []
-    for div in dividing:
-        if ps == (NEGATIVE,):
-            out.append([NEGATIVE])
-            continue
-        if div:
-            shown = [c for c in ps if c not in NUCLEAR_CLASSES]
-        else:
-            shown = [c for c in ps if c != MITOTIC_SPINDLE]
-        if shown and rng.random() < heterogeneity:
-            drop = rng.random(len(shown)) < 0.6
-            if not drop.any():
-                drop[int(rng.integers(len(shown)))] = True
-            if div and MITOTIC_SPINDLE in shown:  # a dividing cell keeps its spindle
-                drop[shown.index(MITOTIC_SPINDLE)] = False
-            shown = [c for c, d in zip(shown, drop) if not d]
-            can_show_alt = alternate is not None and not (div and alternate in NUCLEAR_CLASSES)
-            if can_show_alt and rng.random() < 1 / 3:
-                shown.append(int(alternate))
-        out.append(shown)
-    # make sure each class is shown somewhere it can be
+    dividing = np.asarray(dividing, bool).reshape(-1)
+    n = dividing.size
+    if ps == (NEGATIVE,) or n == 0:
+        return [(NEGATIVE,)] * n
+    if shares is None:
+        shares = ImageShares({c: 1.0 for c in ps})
+    expressing = rng.random(n) >= shares.non_expressing
+    expressing |= dividing & (MITOTIC_SPINDLE in ps)  # the spindle cells are why the image is labelled
+    shown = np.zeros((n, NUM_CLASSES), bool)
     for c in ps:
-        if c == NEGATIVE or any(c in s for s in out):
-            continue
-        able = [i for i, d in enumerate(dividing) if (d if c == MITOTIC_SPINDLE else not (d and c in NUCLEAR_CLASSES))]
-        if able:
-            out[int(rng.choice(able))].append(c)
-    return [tuple(sorted(s)) if s else (NEGATIVE,) for s in out][:n]
+        able = _able(c, dividing)
+        share = 1.0 if c == MITOTIC_SPINDLE else shares.per_class.get(c, 1.0)
+        shown[:, c] = able & expressing & (rng.random(n) < share)
+        if not shown[:, c].any() and able.any():
+            # the image is labelled with c, so some cell shows it: prefer an expressing one
+            pool = np.flatnonzero(able & expressing)
+            pick = int(rng.choice(pool if pool.size else np.flatnonzero(able)))
+            shown[pick, c] = expressing[pick] = True
+    if alternate is not None:
+        alt = _able(int(alternate), dividing) & expressing & (rng.random(n) < shares.alternate)
+        shown[:, int(alternate)] |= alt
+    return [tuple(np.flatnonzero(row).tolist()) or (NEGATIVE,) for row in shown]
 
 
 def draw_acquisition(rng: np.random.Generator, protein: Protein, *, image_jitter: float = 0.25) -> Acquisition:

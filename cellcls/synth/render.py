@@ -24,6 +24,9 @@ from .patterns import PATTERNS, CellContext
 
 __all__ = ["Acquisition", "GreenStyle", "build_contexts", "render_objects", "acquire"]
 
+#: Patterns are normalised to peak 1, but never amplified more than 1 / this.
+_MIN_PATTERN_PEAK = 0.25
+
 
 @dataclass(frozen=True)
 class GreenStyle:
@@ -162,9 +165,10 @@ def render_objects(
         green = np.zeros(ctx.shape, np.float32)
         for c in labels:
             pat = PATTERNS[c](ctx, rng)
-            peak = float(pat.max())
-            if peak > 0:
-                green += pat * np.float32(style.class_weight[c] * expr / peak)
+            # a pattern whose structure lies outside the crop (a centrosome beyond the image
+            # border) keeps only its faint haze: stretching that to peak 1 would light the whole cell
+            peak = max(float(pat.max()), _MIN_PATTERN_PEAK)
+            green += pat * np.float32(style.class_weight[c] * expr / peak)
         haze = style.nonspecific * (0.85 + 0.15 * haze_tex[box]) * (0.8 * ctx.cyto + 0.45 * ctx.nucleus)
         for ch, val in ((0, ctx.red), (1, green + haze), (2, blue), (3, ctx.yellow)):
             dst = obj[ch][box]

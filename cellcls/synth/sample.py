@@ -8,7 +8,7 @@ import numpy as np
 
 from ..classes import NEGATIVE
 from .geometry import CELL_LINES, CellLine, layout_cells
-from .proteins import MITOTIC_SPINDLE, Protein, assign_cell_labels, draw_acquisition, draw_protein
+from .proteins import MITOTIC_SPINDLE, Protein, assign_cell_labels, draw_acquisition, draw_image_shares, draw_protein
 from .render import acquire, render_objects
 
 __all__ = ["SynthSample", "make_sample", "render_sample", "draw_density", "image_labels_from_cells"]
@@ -71,8 +71,11 @@ def render_sample(
 ) -> SynthSample:
     """Draw one image of ``protein`` in cell line ``line``; see :func:`make_sample`."""
     density = draw_density(rng) if density is None else float(density)
+    shares = draw_image_shares(rng, protein.pattern_set)
     if MITOTIC_SPINDLE in protein.pattern_set:
-        n_dividing = int(rng.integers(1, 3))
+        # the spindle's share is the share of dividing cells: 2-10 % of the expected cells, at least one
+        expected_cells = density * (shape[0] / scale) * (shape[1] / scale) / 2048.0**2
+        n_dividing = max(1, int(round(shares.per_class[MITOTIC_SPINDLE] * expected_cells)))
     else:
         n_dividing = int(rng.random() < 0.15)
     for _ in range(6):  # an image without any cell is useless: draw again, denser
@@ -81,9 +84,7 @@ def render_sample(
             break
         density *= 1.5
     dividing = [s.dividing for s in layout.specs]
-    labels = assign_cell_labels(
-        rng, protein.pattern_set, dividing, heterogeneity=protein.heterogeneity, alternate=protein.alternate
-    )
+    labels = assign_cell_labels(rng, protein.pattern_set, dividing, shares=shares, alternate=protein.alternate)
     objects = render_objects(rng, layout, labels, scale=scale, style=protein.style)
     image = acquire(rng, objects, scale=scale, settings=draw_acquisition(rng, protein), bit_depth=bit_depth)
     cell_labels = {i: lab for i, lab in enumerate(labels, start=1)}
@@ -117,9 +118,11 @@ def make_sample(
     scale : pixel size relative to full-resolution HPA (1.0 = a 2048 x 2048 image's pixel;
         0.25 = quarter resolution). Cells are ~20,000-60,000 * scale**2 px.
     labels : the protein's pattern set (class ids); None draws one with frequencies shaped
-        like the real train counts (and, a third of the time, an alternate class a few deviating
-        cells show). Negative (18) only alone. With ``labels`` given, every cell shows a
-        subset of them or is Negative; ``image_labels`` is what the cells show.
+        like the real train counts (and, a third of the time, an alternate class a few cells
+        show). Negative (18) only alone. With ``labels`` given, every cell shows a subset of
+        them or is Negative: each class is shown by a class-dependent share of the cells
+        (:data:`~cellcls.synth.proteins.CELL_SHARE`) and some cells express nothing callable;
+        ``image_labels`` is what the cells show.
     bit_depth : 8 (uint8) or 16 (uint16, using the full 16-bit range).
     density : expected cells per 2048 x 2048 full-resolution field (real: ~10-45); None draws one.
 

@@ -46,7 +46,7 @@ __all__ = ["WorldSummary", "generate_world", "FORMAT_VERSION", "TEST_SIZES_FULL_
 log = logging.getLogger(__name__)
 
 #: Bump when the same seed would produce different files.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Full-resolution sizes of the real test set and how often each occurs (HPA_FACTS §1).
 TEST_SIZES_FULL_PX = ((1728, 68), (2048, 462), (3072, 29))
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
