@@ -1,0 +1,169 @@
+"""``cellcls segment`` / ``python -m segment``: segment every cell of a folder of HPA images.
+
+Top-level imports stay light (argparse, cellcls.cli); numpy, torch and the backends are
+imported inside :func:`run`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cellcls.cli import Command
+
+__all__ = ["SEGMENT", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Segment every cell of the images in --images and store label maps (cells and nuclei, at the
+segmentation scale) in the mask cache --out, one entry per image ID plus manifest.csv.
+
+Backends: 'hpa' = the HPA-Cell-Segmentation networks + label_cell (needs the two weight files,
+see --weights-dir); 'classical' = thresholds + watershed, no weights; 'auto' = hpa when both
+weight files are found, else classical (the choice and the reason are printed).
+
+Scales: --scale resizes the images before segmentation (0.25: 2048^2 -> 512^2, as the 2021
+solutions did); --image-scale is the pixel size of the images relative to real HPA images (1 for
+Kaggle data; 'auto' reads world.json beside a synthetic world). Pixel cut-offs are scaled by
+scale x image-scale.
+
+Re-running skips images already cached with the same backend, weights and parameters, and redoes
+missing, failed, changed or corrupt entries (--overwrite redoes all). A killed run loses only
+the images in flight. An unreadable image is logged, recorded as failed in the manifest, and
+skipped.
+
+Many GPUs or nodes: --devices N [--num-nodes M] runs the same work under PyTorch Lightning
+(Trainer.predict, DDP); each rank segments and writes its share of the IDs, rank 0 writes the
+manifest.
+
+Exit codes: 0 = every image segmented (or already cached); 3 = finished, but some images failed
+(see the log and manifest.csv); 1 = nothing done (bad option, missing weights...); 2 = usage.
+"""
+
+EXAMPLE = """\
+cellcls segment --images data/test --out masks/test --ids data/sample_submission.csv
+cellcls segment --images data/train --out masks/train --backend hpa --weights-dir weights/ --device cuda --batch-size 24 --tta
+cellcls segment --images synth/train --out masks/synth --backend classical --scale 1 --image-scale auto
+cellcls segment --images data/test --out masks/test --backend hpa --device cuda --devices 4   # 4 GPUs, DDP
+python -m segment --images data/test --out masks/test        # the same command, standalone
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _image_scale(text: str) -> str | float:
+    return "auto" if text == "auto" else _positive_float(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--images", required=True, metavar="DIR",
+                    help="folder of {ID}_{red,green,blue,yellow}.png|tif images")
+    io.add_argument("--out", required=True, metavar="MASKDIR", help="mask cache folder (created)")
+    io.add_argument("--ids", metavar="CSV",
+                    help="segment only the IDs in this CSV's ID column (train.csv, sample_submission.csv); "
+                    "default: every complete image in --images")
+    io.add_argument("--overwrite", action="store_true", help="redo images that are already cached")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--backend", default="auto", choices=("auto", "hpa", "classical"),
+                        help="segmentation backend (default: auto = hpa if its weights are found, else classical)")
+    method.add_argument("--weights-dir", metavar="D",
+                        help="folder with dpn_unet_nuclei_v1.pth and dpn_unet_cell_3ch_v1.pth "
+                        "(also searched: $CELLCLS_SEG_WEIGHTS, ~/.cache/cellcls/hpacellseg)")
+    method.add_argument("--scale", type=_positive_float, default=0.25,
+                        help="resize factor applied to the images before segmentation (default: 0.25)")
+    method.add_argument("--image-scale", type=_image_scale, default="auto", metavar="auto|F",
+                        help="pixel size of the images relative to real HPA images (default: auto = "
+                        "world.json's scale for a synthetic world, else 1)")
+    method.add_argument("--tta", nargs="?", const="d4", default="none", metavar="NAME",
+                        help="test-time augmentation of the cell network: --tta alone = d4 (8 flips/"
+                        "transposes); also 'flips' (4) or 'none' (default). hpa backend only")
+
+    run = parser.add_argument_group("execution")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="where the networks run (default: auto = cuda if available)")
+    run.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+                     help="images per forward pass (default: 8; the 2021 solutions used ~24 on a GPU)")
+    run.add_argument("--num-workers", type=_non_negative_int, default=None, metavar="W",
+                     help="image-decoding processes (default: min(4, CPU count); 0 = in the main process)")
+    run.add_argument("--label-workers", type=_non_negative_int, default=0, metavar="L",
+                     help="processes for labelling + cache writes, overlapping the network (default: 0 = "
+                     "in the main process; try 2-4 with a GPU). Not used with --devices/--num-nodes > 1")
+    run.add_argument("--devices", type=_positive_int, default=1, metavar="N",
+                     help="devices (GPUs) per node; > 1 runs under PyTorch Lightning with DDP")
+    run.add_argument("--num-nodes", type=_positive_int, default=1, metavar="M",
+                     help="nodes; > 1 runs under PyTorch Lightning with DDP")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from segment.backends import build_backend, resolve_backend
+    from segment.pipeline import read_ids_csv, resolve_device, resolve_image_scale, run_segmentation
+
+    image_scale, source = resolve_image_scale(args.images, args.image_scale)
+    log.info("image scale %g (%s); segmentation scale %g; effective scale %g",
+             image_scale, source, args.scale, args.scale * image_scale)
+    name, reason = resolve_backend(args.backend, weights_dir=args.weights_dir)
+    log.info("backend: %s", reason)
+    if args.backend == "auto":
+        print(f"backend: {reason}")
+    if name != "hpa" and args.tta != "none":
+        log.warning("--tta applies to the hpa backend only; ignored for %s", name)
+    device = resolve_device(args.device)
+    if name == "hpa" and device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            from cellcls.errors import CellclsError
+
+            raise CellclsError("--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                               "use --device cpu, or --device auto to take a GPU only when there is one")
+    ids = read_ids_csv(args.ids) if args.ids else None
+    num_workers = min(4, os.cpu_count() or 1) if args.num_workers is None else args.num_workers
+    backend = build_backend(name, scale=args.scale, image_scale=image_scale, weights_dir=args.weights_dir,
+                            device=device, batch_size=args.batch_size, tta=args.tta)
+    common = dict(ids=ids, batch_size=args.batch_size, num_workers=num_workers, overwrite=args.overwrite,
+                  progress=not args.no_progress)
+    if args.devices > 1 or args.num_nodes > 1:
+        from segment.lightning import run_segmentation_lightning
+
+        summary = run_segmentation_lightning(args.images, args.out, backend, devices=args.devices,
+                                             num_nodes=args.num_nodes, accelerator=device, **common)
+        if summary is None:  # not global rank 0: rank 0 reports
+            return 0
+    else:
+        summary = run_segmentation(args.images, args.out, backend, label_workers=args.label_workers, **common)
+    print(summary.format())
+    return summary.exit_code
+
+
+SEGMENT = Command(
+    name="segment",
+    help="segment cells into a mask cache (HPA networks or a classical fallback)",
+    description=DESCRIPTION,
+    example=EXAMPLE,
+    add_arguments=add_arguments,
+    run=run,
+)
