@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -219,13 +220,13 @@ def _payloads(marker: Path) -> dict[str, _Payload]:
     }
 
 
-def _wait_for_child_processes() -> None:
-    # Popen returns before `touch` ran; a live payload must have had time to act.
-    for _ in range(50):
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+def _give_a_live_payload_time(marker: Path, *, seconds: float = 1.0) -> None:
+    # Popen returns before `touch` ran, so a payload that did run needs a moment to show. Poll the
+    # marker with a deadline: waiting for child processes would block on long-lived children of
+    # other tests (multiprocessing's resource tracker, DataLoader workers).
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not marker.exists():
+        time.sleep(0.02)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
@@ -248,7 +249,7 @@ def test_foreign_globals_are_refused_and_never_run(tmp_path, payload_name, fmt):
 
     with pytest.raises(UnsafeWeightsError) as caught:
         read_weights(path)
-    _wait_for_child_processes()
+    _give_a_live_payload_time(marker)
     assert not marker.exists()
     message = str(caught.value)
     assert str(path) in message
