@@ -126,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("image scale %g (%s); segmentation scale %g; effective scale %g",
              image_scale, source, args.scale, args.scale * image_scale)
     name, reason = resolve_backend(args.backend, weights_dir=args.weights_dir)
-    log.info("backend: %s", reason)
-    if args.backend == "auto":
+    if args.backend == "auto":  # the user did not choose: say which one runs and why
         print(f"backend: {reason}")
+    else:
+        log.info("backend: %s", reason)
     if name != "hpa" and args.tta != "none":
         log.warning("--tta applies to the hpa backend only; ignored for %s", name)
     device = resolve_device(args.device)
