@@ -129,7 +129,7 @@ def upscale_labels(labels: np.ndarray, original_shape: tuple[int, int]) -> np.nd
     -------
     (H, W) ndarray, same dtype; equal to
     ``cv2.resize(labels, (W, H), interpolation=cv2.INTER_NEAREST)``. uint32, which cv2 < 5 cannot
-    resize, goes through the same source-index maps as cv2, obtained by resizing index vectors.
+    resize, goes through the same source-index maps (:func:`cellcls.rle.nearest_source_index`).
     """
     import cv2
 
@@ -140,10 +140,11 @@ def upscale_labels(labels: np.ndarray, original_shape: tuple[int, int]) -> np.nd
         return labels.copy()
     if labels.dtype == np.uint16:
         return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-    # cv2's nearest mapping is separable: resizing the index vectors yields its exact row/column maps.
-    h, w = labels.shape
-    rows = cv2.resize(np.arange(h, dtype=np.int32)[:, None], (1, height), interpolation=cv2.INTER_NEAREST)[:, 0]
-    cols = cv2.resize(np.arange(w, dtype=np.int32)[None, :], (width, 1), interpolation=cv2.INTER_NEAREST)[0]
+    # cv2's nearest mapping is separable; the codec already reproduces its row/column index maps.
+    from cellcls.rle import nearest_source_index
+
+    rows = nearest_source_index(labels.shape[0], height)
+    cols = nearest_source_index(labels.shape[1], width)
     return labels[rows[:, None], cols[None, :]]
 
 

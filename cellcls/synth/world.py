@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..classes import CHANNELS, NUM_CLASSES
-from ..rle import EMPTY_MASK_FULL_FRAME, encode
+from ..rle import EMPTY_MASK_FULL_FRAME, encode_label_map
 from .geometry import CELL_LINES
 from .proteins import Protein, draw_protein
 from .sample import SynthSample, render_sample
@@ -157,11 +157,10 @@ def _plan(
 
 
 def _prediction_string(sample: SynthSample) -> str:
+    masks = encode_label_map(sample.cells)  # all cells in one pass over the runs
     parts = []
-    cells_t = np.ascontiguousarray(sample.cells.T)  # masks come out Fortran-ordered, as the codec wants
     for cell_id, labels in sorted(sample.cell_labels.items()):
-        mask_text = encode((cells_t == cell_id).T)
-        parts += [f"{c} 1 {mask_text}" for c in labels]
+        parts += [f"{c} 1 {masks[cell_id]}" for c in labels]
     return " ".join(parts)
 
 
