@@ -27,6 +27,9 @@ Inputs are ``(H, W, 3)`` maps in hpacellseg's layout: channel 0 unused, 1 = bord
 map ``u / 255`` except where the uint8 border sum wraps (only possible when both border values
 exceed 127). The original divides by 255 before every comparison, so this is its arithmetic.
 
+The image steps (components, hole filling, watersheds, thresholds) are faster stand-ins from
+:mod:`segment._label_ops`, each giving the very array the scipy / skimage call would.
+
 Pixel areas and radii are at the resolution of the maps; :meth:`LabelParams.scaled` derives them
 from the full-resolution constants (a 2048² HPA image is scale 1; the "faster HPA cell
 segmentation" path runs at scale 0.25).
@@ -42,14 +45,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._label_ops import (
+    _component_areas_8,
+    _drop_small_components,
+    _drop_small_ids,
+    _fill_label_holes,
+    _fill_small_holes,
+    _grey_closing,
+    _label4,
+    _per_pixel,
+    _raster_components_8,
+    _relief,
+    _watershed,
+)
+
 __all__ = ["LabelParams", "label_nuclei", "label_cell", "relabel_dtype"]
 
 # Bump when the labelling algorithm changes in a way that changes its output: part of the
 # parameters hash, so mask caches keyed by it are invalidated.
 _ALGORITHM_VERSION = "hpacellseg-0.1.8-label_cell/1"
-
-_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivity
-_SQUARE = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
 
 def _ceil_area(area_px: float) -> int:
@@ -163,10 +177,11 @@ def relabel_dtype(max_id: int) -> np.dtype:
 
 
 def _as_maps(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Validate both maps; return float64 probability planes and the border sum.
+    """Validate both maps; return the probability planes and the border sum.
 
-    The border sum is ``(nuclei[..., 1] + cell[..., 1]) / 255`` with the original's uint8
-    wrap-around for uint8 input, and ``nuclei[..., 1] + cell[..., 1]`` for float input.
+    Planes are uint8 views (probability ``u / 255``, see :func:`_per_pixel`) for uint8 input and
+    float64 copies for float input. The border sum is ``nuclei[..., 1] + cell[..., 1]`` with the
+    original's uint8 wrap-around for uint8 input (again a uint8 plane meaning ``sum / 255``).
     """
     nuclei_pred = np.asarray(nuclei_pred)
     cell_pred = np.asarray(cell_pred)
@@ -188,14 +203,12 @@ def _as_maps(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[dict[str, 
     dtype = nuclei_pred.dtype
     if dtype == np.uint8:
         planes = {
-            "nuclei_interior": nuclei_pred[..., 2] / 255.0,
-            "cell_interior": cell_pred[..., 2] / 255.0,
-            "cell_border": cell_pred[..., 1] / 255.0,
-            "cell_interior_u8": cell_pred[..., 2],  # for a cheaper, identical Otsu histogram
+            "nuclei_interior": nuclei_pred[..., 2],
+            "cell_interior": cell_pred[..., 2],
+            "cell_border": cell_pred[..., 1],
         }
         # uint8 + uint8 stays uint8 and wraps modulo 256, as in the original.
-        border_sum = np.add(nuclei_pred[..., 1], cell_pred[..., 1], dtype=np.uint8) / 255.0
-        return planes, border_sum
+        return planes, np.add(nuclei_pred[..., 1], cell_pred[..., 1], dtype=np.uint8)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(
             f"prediction maps must be uint8 (0..255) or float in [0, 1], got {dtype}; "
@@ -216,102 +229,6 @@ def _as_maps(nuclei_pred: np.ndarray, cell_pred: np.ndarray) -> tuple[dict[str, 
     return planes, nuclei_border + planes["cell_border"]
 
 
-def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
-    from scipy import ndimage as ndi
-
-    labels, count = ndi.label(mask, structure=structure)
-    return labels, int(count)
-
-
-def _keep_ids(labels: np.ndarray, keep: np.ndarray, *, renumber: bool) -> np.ndarray:
-    """Zero the ids whose ``keep`` entry is False; optionally renumber kept ids 1..K in id order."""
-    keep = keep.copy()
-    keep[0] = False
-    if renumber:
-        lut = np.zeros(keep.size, dtype=np.int32)
-        lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    else:
-        lut = np.where(keep, np.arange(keep.size, dtype=np.int32), 0)
-    return lut[labels]
-
-
-def _drop_small_ids(labels: np.ndarray, min_area_px: int, *, renumber: bool = False) -> np.ndarray:
-    """Zero every id (any shape, each id one object) covering fewer than ``min_area_px`` pixels."""
-    sizes = np.bincount(labels.ravel())
-    return _keep_ids(labels, sizes >= min_area_px, renumber=renumber)
-
-
-def _drop_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
-    """``mask`` without its 4-connected components smaller than ``min_area_px`` (bool)."""
-    if min_area_px <= 1:
-        return mask.copy()
-    labels, _ = _label(mask, _CROSS)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_area_px
-    keep[0] = False
-    return keep[labels]
-
-
-def _fill_small_holes(mask: np.ndarray, max_hole_area_px: int) -> np.ndarray:
-    """Fill 4-connected background components smaller than ``max_hole_area_px``, edge ones too."""
-    return ~_drop_small_components(~mask, max_hole_area_px)
-
-
-def _fill_enclosed_holes(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes`` (4-connected background): fill what the edge cannot reach."""
-    background, count = _label(~mask, _CROSS)
-    if count == 0:
-        return mask.copy()
-    reaches_edge = np.zeros(count + 1, dtype=bool)
-    for edge in (background[0, :], background[-1, :], background[:, 0], background[:, -1]):
-        reaches_edge[edge] = True
-    reaches_edge[0] = False
-    return ~reaches_edge[background]
-
-
-def _thick_boundaries(labels: np.ndarray) -> np.ndarray:
-    """``skimage.segmentation.find_boundaries(labels, mode='thick')``: pixels whose 4-neighbourhood
-    holds another value (background included)."""
-    vertical = labels[1:, :] != labels[:-1, :]
-    horizontal = labels[:, 1:] != labels[:, :-1]
-    out = np.zeros(labels.shape, dtype=bool)
-    out[1:, :] |= vertical
-    out[:-1, :] |= vertical
-    out[:, 1:] |= horizontal
-    out[:, :-1] |= horizontal
-    return out
-
-
-def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """The original's ``__fill_holes``: cut the thick boundaries, fill holes, relabel 4-connected."""
-    interior = (labels > 0) & ~_thick_boundaries(labels)
-    return _label(_fill_enclosed_holes(interior), _CROSS)[0]
-
-
-def _disk(radius_px: int) -> np.ndarray:
-    """``skimage.morphology.disk(radius_px)`` as uint8 (rows/cols with x² + y² <= r²)."""
-    span = np.arange(-radius_px, radius_px + 1)
-    return (span[:, None] ** 2 + span[None, :] ** 2 <= radius_px**2).astype(np.uint8)
-
-
-def _grey_closing(labels: np.ndarray, radius_px: int) -> np.ndarray:
-    """Grey-level closing of a label image with a disk.
-
-    Equals ``skimage.morphology.closing(labels, disk(r))``: its default 'reflect' border only
-    mirrors pixels already inside a centred convex symmetric footprint, which is OpenCV's
-    default of ignoring outside pixels.
-    """
-    import cv2
-
-    if radius_px == 0:
-        return labels.copy()
-    kernel = _disk(radius_px)
-    work_dtype = np.uint16 if int(labels.max(initial=0)) < 65536 else np.float64
-    work = labels.astype(work_dtype)
-    closed = cv2.erode(cv2.dilate(work, kernel), kernel)
-    return closed.astype(labels.dtype)
-
-
 def _finish(labels: np.ndarray) -> np.ndarray:
     return labels.astype(relabel_dtype(int(labels.max(initial=0))), copy=False)
 
@@ -320,26 +237,28 @@ def _finish(labels: np.ndarray) -> np.ndarray:
 
 
 def _nuclear_labels(planes: dict[str, np.ndarray], border_sum: np.ndarray, params: LabelParams) -> np.ndarray:
-    """Stage 1 of ``label_cell``: seeded flat watershed of the nuclear mask; int64 ids 1..N."""
+    """Stage 1 of ``label_cell``: seeded flat watershed of the nuclear mask; int32 ids 1..N."""
     from skimage.measure import label as sk_label
-    from skimage.segmentation import watershed
 
     interior = planes["nuclei_interior"]
-    border_ok = (1 - border_sum) > params.seed_border_margin
-    seeds = (interior * border_ok) > params.seed_threshold
-    seed_labels, _ = _label(seeds, _CROSS)
+    border_ok = _per_pixel(border_sum, lambda p: (1 - p) > params.seed_border_margin)
+    above = _per_pixel(interior, lambda p: p > params.seed_threshold)
+    # The original thresholds interior * border_ok: the interior where border_ok, else 0.
+    seeds = (above | ~border_ok) if 0.0 > params.seed_threshold else (above & border_ok)
+    seed_labels, _ = _label4(seeds)
     # Dropping whole components and renumbering in id order == remove_small_objects + relabel.
     markers = _drop_small_ids(seed_labels, params.min_nuclear_seed_area_px, renumber=True)
 
-    mask = interior > params.nuclei_threshold
+    mask = _per_pixel(interior, lambda p: p > params.nuclei_threshold)
     mask = _fill_small_holes(mask, params.max_nuclear_hole_area_px)
     mask = _drop_small_components(mask, params.min_nuclear_mask_object_area_px)
-    # The image is the mask itself: flat, so the queue's tie-breaking draws the split lines.
-    flat = mask.astype(np.uint8)
-    nuclei = watershed(flat, markers, mask=mask, watershed_line=True)
+    # The original floods the mask itself (1 inside): a constant over every pixel the flood can
+    # reach, i.e. a flat image; the queue's tie-breaking draws the lines.
+    nuclei = _watershed(None, markers, mask, line=True)
     nuclei = _drop_small_ids(nuclei, params.min_nucleus_area_px)
     # Value-aware 8-connected relabel: an id split into pieces becomes several nuclei.
-    return sk_label(nuclei, connectivity=2).astype(np.int64, copy=False)
+    # int32 (the ids are far fewer than 2**31): the watersheds then move half the bytes of int64.
+    return sk_label(nuclei, connectivity=2).astype(np.int32, copy=False)
 
 
 def _otsu_of_uint8_over_255(values_u8: np.ndarray) -> float:
@@ -363,32 +282,29 @@ def _cell_threshold(planes: dict[str, np.ndarray], params: LabelParams) -> float
     from skimage.filters import threshold_otsu
 
     # Otsu on the float64 probabilities with skimage's default 256 bins, as the original.
-    if "cell_interior_u8" in planes:
-        otsu = _otsu_of_uint8_over_255(planes["cell_interior_u8"])
+    if planes["cell_interior"].dtype == np.uint8:
+        otsu = _otsu_of_uint8_over_255(planes["cell_interior"])
     else:
         otsu = threshold_otsu(planes["cell_interior"])
     return max(params.cell_threshold_floor, otsu * params.otsu_factor)
 
 
 def _cell_labels(planes: dict[str, np.ndarray], nuclei: np.ndarray, params: LabelParams) -> np.ndarray:
-    """Stages 2-3 of ``label_cell``: two watersheds of ``-interior``; int64 ids 1..N raster order."""
-    from skimage.segmentation import watershed
-
+    """Stages 2-3 of ``label_cell``: two watersheds of ``-interior``; int32 ids 1..N raster order."""
     interior = planes["cell_interior"]
     threshold = _cell_threshold(planes, params)
-    cell_mask = interior > threshold
-    relief = -interior  # the original's np.clip "distance" returns the interior unchanged
+    cell_mask = _per_pixel(interior, lambda p: p > threshold)
+    relief = _relief(interior)  # the original's np.clip "distance" returns the interior unchanged
 
-    cells = watershed(relief, nuclei, mask=cell_mask)
+    cells = _watershed(relief, nuclei, cell_mask)
     cells = _drop_small_ids(cells, params.min_cell_area_px)
     cells = _grey_closing(cells, params.closing_radius_px)
     cells = _fill_label_holes(cells)
 
-    grow_mask = (cells > 0) | (planes["cell_border"] > params.cell_border_threshold)
-    cells = watershed(relief, cells, mask=grow_mask)
+    grow_mask = (cells > 0) | _per_pixel(planes["cell_border"], lambda p: p > params.cell_border_threshold)
+    cells = _watershed(relief, cells, grow_mask)
     cells = _fill_label_holes(cells)
-    cells, _ = _label(cells > 0, _SQUARE)
-    return _drop_small_ids(cells, params.min_cell_area_px, renumber=True)
+    return _raster_components_8(cells > 0, params.min_cell_area_px)
 
 
 def label_nuclei(
@@ -452,9 +368,11 @@ def label_cell(
     nuclei = _nuclear_labels(planes, border_sum, params)
     cells = _cell_labels(planes, nuclei, params)
 
-    on_cells, _ = _label((cells > 0) & (nuclei > 0), _SQUARE)
-    on_cells = _drop_small_ids(on_cells, params.min_nucleus_area_px)
+    # Only which pixels survive matters here, not the component ids.
+    on_cells, areas = _component_areas_8((cells > 0) & (nuclei > 0))
+    keep = areas >= params.min_nucleus_area_px
+    keep[0] = False
     dtype = relabel_dtype(int(cells.max(initial=0)))
     cells = cells.astype(dtype)
-    nuclei_out = np.where(on_cells > 0, cells, 0).astype(dtype)
+    nuclei_out = np.where(np.take(keep, on_cells), cells, 0).astype(dtype)
     return nuclei_out, cells

@@ -247,3 +247,104 @@ def test_scaled_rejects_bad_scale():
 def test_bad_maps_are_rejected(nuclei_pred, cell_pred, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         label_cell(nuclei_pred, cell_pred, params=QUARTER)
+
+
+# ----------------------------------------------------------------------------- fast primitives
+# segment._label_ops replaces scipy / skimage calls with faster ones that must give the very same
+# arrays (ids and their order included). These checks catch a library upgrade breaking that.
+
+
+def random_masks(count: int = 12):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        if i % 2:  # salt-and-pepper: many tiny components meeting diagonally
+            yield rng.random((h, w)) < rng.uniform(0.3, 0.7)
+        else:  # blobs
+            yield ndi.gaussian_filter(rng.random((h, w)), 2) > 0.5
+
+
+def test_label4_equals_scipy_label():
+    from scipy import ndimage as ndi
+
+    from segment._label_ops import _label4
+
+    for mask in random_masks():
+        expected, count = ndi.label(mask)
+        got, got_count = _label4(mask)
+        assert got_count == count and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("min_area_px", [0, 3])
+def test_raster_components_8_equals_scipy_label_drop_and_renumber(min_area_px):
+    from scipy import ndimage as ndi
+
+    from segment._label_ops import _raster_components_8
+
+    for mask in random_masks():
+        labels, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
+        keep = np.bincount(labels.ravel()) >= min_area_px
+        keep[0] = False
+        lut = np.zeros(keep.size, np.int64)
+        lut[keep] = np.arange(1, keep.sum() + 1)
+        assert np.array_equal(_raster_components_8(mask, min_area_px), lut[labels])
+
+
+@pytest.mark.parametrize("line", [False, True])
+def test_watershed_equals_skimage_watershed(line):
+    from skimage.segmentation import watershed
+
+    from segment._label_ops import _watershed
+
+    rng = np.random.default_rng(3)
+    for i, mask in enumerate(random_masks(8)):
+        # Coarse levels make plateaus, where only the queue's tie-breaking decides.
+        image = rng.integers(0, 4, mask.shape).astype(np.uint8 if i % 2 else np.float64)
+        markers = np.where(rng.random(mask.shape) < 0.05, rng.integers(1, 6, mask.shape), 0)
+        markers = markers.astype(np.int32 if i % 2 else np.int64)  # some lie outside the mask
+        expected = watershed(image, markers, mask=mask, watershed_line=line)
+        got = _watershed(image, markers, mask, line=line)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_unverified_skimage_takes_the_public_watershed_with_the_same_result(monkeypatch):
+    from segment import _label_ops
+
+    assert _label_ops._private_watershed_verified()  # the pinned skimage uses the fast path
+    rng = np.random.default_rng(5)
+    mask = next(random_masks(1))
+    image = rng.integers(0, 4, mask.shape).astype(np.float64)
+    markers = np.where(rng.random(mask.shape) < 0.05, rng.integers(1, 6, mask.shape), 0).astype(np.int32)
+    fast = _label_ops._watershed(image, markers, mask, line=True).copy()
+    monkeypatch.setattr(_label_ops, "VERIFIED_SKIMAGE_VERSIONS", frozenset())
+    assert not _label_ops._private_watershed_verified()
+    assert np.array_equal(_label_ops._watershed(image, markers, mask, line=True), fast)
+
+
+def test_per_pixel_on_uint8_equals_the_float_comparison():
+    from segment._label_ops import _per_pixel
+
+    plane = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for predicate in (
+        lambda p: p > 0.4,  # 102 / 255 == 0.4 is out
+        lambda p: p > 0.4 + (-0.25),
+        lambda p: (1 - p) > 0.05,
+        lambda p: p > 1.0,
+        lambda p: p >= 0.0,
+        lambda p: (p > 0.2) & (p < 0.6),  # not monotone: table look-up
+    ):
+        assert np.array_equal(_per_pixel(plane, predicate), predicate(plane / 255.0))
+
+
+def test_watershed_of_no_image_floods_a_flat_image():
+    from skimage.segmentation import watershed
+
+    from segment._label_ops import _watershed
+
+    rng = np.random.default_rng(5)
+    for mask in random_masks(6):
+        markers = np.where(rng.random(mask.shape) < 0.05, rng.integers(1, 6, mask.shape), 0).astype(np.int32)
+        expected = watershed(mask.astype(np.uint8), markers, mask=mask, watershed_line=True)
+        assert np.array_equal(_watershed(None, markers, mask, line=True), expected)
