@@ -26,7 +26,7 @@ def _run_prior(args: argparse.Namespace) -> int:
     counts = write_prior_submission(args.masks, args.sample, prior, args.out, progress=not args.no_progress)
     top = sorted(range(len(prior)), key=lambda c: -prior[c])[:3]
     print(f"wrote {args.out}: {counts['images']} images, {counts['cells']} cells x 19 classes"
-          f" ({counts['missing']} images without masks got empty rows)")
+          f" ({counts['missing']} images without masks got the empty placeholder)")
     print("most frequent classes: " + ", ".join(f"{CLASS_NAMES[c]} {prior[c]:.2f}" for c in top))
     return 0
 

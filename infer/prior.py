@@ -56,7 +56,7 @@ def write_prior_submission(
             writer.add(row.id, cells, np.tile(prior, (n_cells, 1)))
             counts["cells"] += n_cells
     if counts["missing"]:
-        log.warning("%d of %d sample images have no usable mask-cache entry in %s; their rows are empty",
+        log.warning("%d of %d sample images have no usable mask-cache entry in %s; their rows get the empty placeholder",
                     counts["missing"], counts["images"], masks_dir)
     return counts
 
