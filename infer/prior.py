@@ -43,8 +43,7 @@ def write_prior_submission(
     """
     cache = MaskCache(masks_dir)
     sample = read_sample_submission(sample_path)
-    manifest = cache.manifest()
-    usable = set(manifest.loc[manifest["status"] == "ok", "ID"]) if len(manifest) else set()
+    usable = set(cache.ok_ids())
     counts = {"images": len(sample), "cells": 0, "missing": 0}
     with SubmissionWriter(out_path, sample) as writer:
         for row in tqdm(sample, desc="prior submission", unit="img", disable=not progress):

@@ -190,6 +190,14 @@ class MaskCache:
         """Sorted IDs that have a sidecar (any status: ok, failed, or unreadable)."""
         return sorted(self._sidecar_files())
 
+    def ok_ids(self) -> list[str]:
+        """Sorted IDs whose entry was written successfully (status "ok" in the sidecars).
+
+        What readers of a finished cache iterate over; :meth:`read` still verifies each data file.
+        """
+        manifest = self.manifest()
+        return sorted(manifest.loc[manifest["status"] == "ok", "ID"].astype(str))
+
     def status(self, image_id: str, params_hash: str) -> str:
         """State of the entry of ``image_id`` for the key ``params_hash``.
 

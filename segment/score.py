@@ -33,8 +33,7 @@ def score_masks(masks_dir: str | Path, truth_dir: str | Path, *, iou_threshold: 
     from .evaluate import cell_f1
 
     cache = MaskCache(masks_dir)
-    manifest = cache.manifest()
-    ids = [i for i in manifest.loc[manifest["status"] == "ok", "ID"]] if len(manifest) else []
+    ids = cache.ok_ids()
     truth_dir = Path(truth_dir)
     totals = {"tp": 0.0, "fp": 0.0, "fn": 0.0}
     per_image: dict[str, float] = {}

@@ -358,6 +358,17 @@ def test_manifest_columns_rows_and_csv(tmp_path):
     assert from_csv.loc[2, "error"] == "boom, with a comma\nand a newline"
 
 
+def test_ok_ids_lists_only_successful_entries(tmp_path):
+    cache = MaskCache(tmp_path)
+    assert cache.ok_ids() == []
+    write_entry(cache, "b", seed=1)
+    write_entry(cache, "a", seed=2)
+    cache.write_failure("c", "unreadable PNG", params_hash=KEY, backend="classical")
+    (tmp_path / "d.json").write_text("{ not json")  # an unreadable sidecar
+    assert cache.ok_ids() == ["a", "b"]
+    assert cache.ids() == ["a", "b", "c", "d"]
+
+
 def test_manifest_sees_entries_written_after_the_csv(tmp_path):
     cache = MaskCache(tmp_path)
     write_entry(cache, "a", seed=1)
