@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..classes import CHANNELS, NUM_CLASSES
+from ..io import PNG_COMPRESSION, write_image
 from ..rle import EMPTY_MASK_FULL_FRAME, encode_label_map
 from .geometry import CELL_LINES
 from .proteins import Protein, draw_protein
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 #: Full-resolution sizes of the real test set and how often each occurs (HPA_FACTS §1).
 TEST_SIZES_FULL_PX = ((1728, 68), (2048, 462), (3072, 29))
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
 _SHARED_TEST_GROUPS = 0.3  # share of test images drawn from proteins also seen in train
 
 
@@ -331,9 +332,7 @@ def generate_world(
 
 
 def _write_sample(out: Path, plan: _Plan, sample: SynthSample) -> None:
-    folder = out / plan.split
-    for c, name in enumerate(CHANNELS):
-        write_png(folder / f"{plan.image_id}_{name}.png", np.ascontiguousarray(sample.image[..., c]))
+    write_image(out / plan.split, plan.image_id, sample.image)
     write_png(out / "truth" / f"{plan.image_id}_cells.png", sample.cells)
     write_png(out / "truth" / f"{plan.image_id}_nuclei.png", sample.nuclei)
 
