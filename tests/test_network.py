@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from segment.network import (
+
     ENCODER_CHANNELS,
     NETWORK_STRIDE,
     DPNUnet,
@@ -124,10 +125,15 @@ def test_fixture_inputs_are_the_documented_ones(expected):
 
 
 @pytest.mark.slow
-def test_logits_and_softmax_match_the_original_on_a_square_batch(fixture_model, expected):
-    with torch.no_grad():
-        logits = fixture_model(torch.from_numpy(expected["input_a"]))
-        proba = fixture_model.predict_proba(torch.from_numpy(expected["input_a"]))
+@pytest.mark.parametrize("fast_decoder", [True, False], ids=["fast-decoder", "literal-decoder"])
+def test_logits_and_softmax_match_the_original_on_a_square_batch(fixture_model, expected, fast_decoder):
+    fixture_model.set_fast_decoder(fast_decoder)
+    try:
+        with torch.no_grad():
+            logits = fixture_model(torch.from_numpy(expected["input_a"]))
+            proba = fixture_model.predict_proba(torch.from_numpy(expected["input_a"]))
+    finally:
+        fixture_model.set_fast_decoder(True)
     assert logits.shape == (2, 3, 64, 64) and logits.dtype == torch.float32
     np.testing.assert_allclose(logits.numpy(), expected["logits_a"], rtol=0, atol=ATOL)
     np.testing.assert_allclose(proba.numpy(), expected["softmax_a"], rtol=0, atol=ATOL)

@@ -1,0 +1,126 @@
+"""segment.fastconv: the decoder's cheaper forms compute what the literal layers compute."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segment import fastconv
+from segment.network import DPNUnet, _ConvBottleneck, _UpConvBlock
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def literal_upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.relu(F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1))
+
+
+@pytest.mark.parametrize("form", ["conv", "winograd"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("with_skip", [False, True], ids=["alone", "with-skip"])
+def test_phase_upsample_conv_equals_upsample_then_conv(form, channels_last, with_skip):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 6, 9, generator=g)  # batch of 2, non-square
+    weight, bias = torch.randn(7, 5, 3, 3, generator=g), torch.randn(7, generator=g)
+    skip = torch.randn(2, 4, 12, 18, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = literal_upsample_conv(x, weight, bias)
+    if with_skip:
+        expected = torch.cat([expected, skip], dim=1)
+    kernels = fastconv.phase_kernels(weight)
+    got = fastconv.phase_upsample_conv(
+        x, kernels, bias.repeat(4), skip=skip if with_skip else None, form=form,
+        winograd=fastconv.winograd_phase_kernels(kernels),
+    )
+    assert got.shape == expected.shape == (2, 7 + 4 * with_skip, 12, 18)
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_phase_kernels_sum_the_taps_each_phase_reads():
+    weight = torch.arange(9.0).reshape(1, 1, 3, 3)  # rows (0 1 2), (3 4 5), (6 7 8)
+    phases = fastconv.phase_kernels(weight)
+    assert phases.shape == (4, 1, 2, 2)
+    # Phase (0, 0) reads (previous, own) row and column: "own" merges the middle and last taps.
+    torch.testing.assert_close(phases[0, 0], torch.tensor([[0.0, 1 + 2], [3 + 6, 4 + 5 + 7 + 8]]))
+    # Phase (1, 1) reads (own, next): "own" merges the first and middle taps.
+    torch.testing.assert_close(phases[3, 0], torch.tensor([[0 + 1 + 3 + 4, 2 + 5], [6 + 7.0, 8]]))
+    assert phases.sum() == 4 * weight.sum()  # every tap lands once in each phase
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 8, 8), (3, 4, 2, 6), (2, 9, 10, 4)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_winograd_equals_a_3x3_convolution(shape, relu):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g)
+    weight, bias = torch.randn(5, shape[1], 3, 3, generator=g), torch.randn(5, generator=g)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    if relu:
+        expected = torch.relu(expected)
+    got = fastconv.winograd_conv3x3(x, fastconv.winograd_kernels(weight), bias, relu=relu)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_bad_shapes_are_refused_with_the_shape():
+    with pytest.raises(ValueError, match=r"\(O, I, 3, 3\).*\(1, 1, 2, 2\)"):
+        fastconv.phase_kernels(torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"\(O, I, 3, 3\).*\(4, 3, 5, 5\)"):
+        fastconv.winograd_kernels(torch.zeros(4, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"\(O, I, 2, 2\).*\(4, 3, 3, 3\)"):
+        fastconv.winograd_phase_kernels(torch.zeros(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="even H and W, got 5x4"):
+        fastconv.winograd_conv3x3(torch.zeros(1, 3, 5, 4), torch.zeros(16, 3, 2), None)
+    with pytest.raises(ValueError, match="unknown form 'fft'"):
+        fastconv.phase_upsample_conv(torch.zeros(1, 3, 4, 4), torch.zeros(8, 3, 2, 2), torch.zeros(8), form="fft")
+    with pytest.raises(ValueError, match="needs the winograd kernels"):
+        fastconv.phase_upsample_conv(torch.zeros(1, 3, 4, 4), None, torch.zeros(8), form="winograd")
+
+
+def test_derived_kernels_follow_weight_changes():
+    calls = []
+    cache = fastconv.DerivedKernels(lambda w: (calls.append(1), w * 2)[1])
+    weight = torch.nn.Parameter(torch.ones(3))
+    torch.testing.assert_close(cache.get(weight), torch.full((3,), 2.0))
+    cache.get(weight)
+    assert len(calls) == 1  # cached
+    with torch.no_grad():
+        weight.mul_(5)  # in place, as an optimizer step or load_state_dict does
+    torch.testing.assert_close(cache.get(weight), torch.full((3,), 10.0))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("winograd_min, built", [(8, "winograd"), (10_000, "conv")])
+def test_decoder_blocks_pick_their_cpu_form_and_stay_equal(monkeypatch, winograd_min, built):
+    # Channel cut-off lowered (or raised) so each CPU form runs at test size.
+    monkeypatch.setattr("segment.network._CPU_WINOGRAD_MIN_CHANNELS", winograd_min)
+    torch.manual_seed(2)
+    up, bottleneck = _UpConvBlock(8, 6).eval(), _ConvBottleneck(12, 6).eval()
+    x, skip = torch.randn(2, 8, 4, 6), torch.randn(2, 6, 8, 12)
+    with torch.no_grad():
+        got = bottleneck.forward_concatenated(up.forward_concat(x, skip))
+        expected = bottleneck.seq(torch.cat([up.layer(x), skip], dim=1))
+    torch.testing.assert_close(got, expected, **TOL)
+    assert (up._winograd_kernels._value is not None) == (built == "winograd")
+    assert (up._kernels._value is not None) == (built == "conv")
+    assert (bottleneck._kernels._value is not None) == (built == "winograd")
+
+
+def test_training_with_autograd_uses_the_literal_layers():
+    torch.manual_seed(3)
+    up = _UpConvBlock(3, 4).train()
+    x = torch.randn(1, 3, 5, 5, requires_grad=True)
+    up(x).sum().backward()
+    assert x.grad is not None and up.layer[1].weight.grad is not None
+    assert up._kernels._value is None  # no derived kernels built for a training step
+
+
+def test_set_fast_decoder_switches_every_decoder_block():
+    with torch.device("meta"):
+        model = DPNUnet()
+    model.set_fast_decoder(False)
+    blocks = [m for m in model.modules() if isinstance(m, (_UpConvBlock, _ConvBottleneck))]
+    assert len(blocks) == 9  # 4 decoder stages + last upsample, 4 bottlenecks
+    assert not any(getattr(m, "phase_upsample", False) or getattr(m, "winograd", False) for m in blocks)
+    model.set_fast_decoder(True)
+    assert all(getattr(m, "phase_upsample", None) or getattr(m, "winograd", None) for m in blocks)
