@@ -10,7 +10,7 @@ import logging
 
 from cellcls.cli import Command
 
-__all__ = ["SEGMENT", "add_arguments", "run"]
+__all__ = ["SEGMENT", "add_arguments", "execution_defaults", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("execution")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="where the networks run (default: auto = cuda if available)")
-    run.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
-                     help="images per forward pass (default: 8; the 2021 solutions used ~24 on a GPU)")
+    run.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
+                     help="images per forward pass (default: 8 on a GPU, the 2021 solutions used ~24; "
+                     "1 on CPU, where bigger batches only add memory traffic)")
     run.add_argument("--num-workers", type=_non_negative_int, default=None, metavar="W",
-                     help="image-decoding processes (default: min(4, CPU count); 0 = in the main process)")
+                     help="image-decoding processes (default: min(4, CPU count); 0 = in the main process, "
+                     "the default for the hpa backend on CPU: decoding is ~3%% of the work there, and "
+                     "forked workers make every write to the network's large heap a copy-on-write fault)")
     run.add_argument("--label-workers", type=_non_negative_int, default=0, metavar="L",
                      help="processes for labelling + cache writes, overlapping the network (default: 0 = "
                      "in the main process; try 2-4 with a GPU). Not used with --devices/--num-nodes > 1")
@@ -116,9 +119,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
+def execution_defaults(
+    backend: str, device: str, batch_size: int | None, num_workers: int | None
+) -> tuple[int, int]:
+    """(batch size, decoding workers): the user's values, or the defaults for this backend and device.
+
+    The networks on CPU: batch 1 and decoding in the main process (measured in
+    benchmarks/bench_segment.py: batch 8 and forked workers were both slower on 2 cores). Otherwise
+    batch 8 and min(4, CPU count) workers.
+    """
     import os
 
+    network_on_cpu = backend == "hpa" and device == "cpu"
+    if num_workers is None:
+        num_workers = 0 if network_on_cpu else min(4, os.cpu_count() or 1)
+    if batch_size is None:
+        batch_size = 1 if network_on_cpu else 8
+    return batch_size, num_workers
+
+
+def run(args: argparse.Namespace) -> int:
     from segment.backends import build_backend, resolve_backend
     from segment.pipeline import read_ids_csv, resolve_device, resolve_image_scale, run_segmentation
 
@@ -141,11 +161,16 @@ def run(args: argparse.Namespace) -> int:
 
             raise CellclsError("--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
                                "use --device cpu, or --device auto to take a GPU only when there is one")
+    if device == "cpu":
+        from cellcls.runtime import retain_freed_memory
+
+        retain_freed_memory()  # ~1.2x on CPU forwards; see cellcls.runtime
     ids = read_ids_csv(args.ids) if args.ids else None
-    num_workers = min(4, os.cpu_count() or 1) if args.num_workers is None else args.num_workers
+    batch_size, num_workers = execution_defaults(name, device, args.batch_size, args.num_workers)
+    log.info("batch size %d, %d decoding worker(s)", batch_size, num_workers)
     backend = build_backend(name, scale=args.scale, image_scale=image_scale, weights_dir=args.weights_dir,
-                            device=device, batch_size=args.batch_size, tta=args.tta)
-    common = dict(ids=ids, batch_size=args.batch_size, num_workers=num_workers, overwrite=args.overwrite,
+                            device=device, batch_size=batch_size, tta=args.tta)
+    common = dict(ids=ids, batch_size=batch_size, num_workers=num_workers, overwrite=args.overwrite,
                   progress=not args.no_progress)
     if args.devices > 1 or args.num_nodes > 1:
         from segment.lightning import run_segmentation_lightning

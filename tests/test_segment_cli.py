@@ -276,3 +276,18 @@ def test_resolve_backend_auto_without_weights(tmp_path):
 
     with pytest.raises(RegistryError, match="classical"):
         resolve_backend("cellpose")
+
+
+def test_execution_defaults_follow_backend_and_device():
+    import os
+
+    from segment.command import execution_defaults
+
+    workers = min(4, os.cpu_count() or 1)
+    # Networks on CPU: batch 1, decode in the main process (bigger batches and forked workers measured slower).
+    assert execution_defaults("hpa", "cpu", None, None) == (1, 0)
+    assert execution_defaults("hpa", "cuda", None, None) == (8, workers)
+    assert execution_defaults("classical", "cpu", None, None) == (8, workers)
+    # The user's values always win.
+    assert execution_defaults("hpa", "cpu", 4, 2) == (4, 2)
+    assert execution_defaults("hpa", "cuda", 24, 0) == (24, 0)
