@@ -8,16 +8,17 @@ layer, and both can be computed with fewer:
   output phases ``(a, b)`` is a 2x2 convolution of the input itself (:func:`phase_kernels`,
   :func:`phase_upsample_conv`): 16 instead of 36 multiply-adds per input pixel and channel pair, and
   no upsampled copy. On CPU the deep ones go further with Winograd F(2x2, 2x2): 9 instead of 16;
-- 3x3 convolutions over many channels (the ``ConvBottleneck`` layers): Winograd F(2x2, 3x3)
-  (:func:`winograd_kernels`, :func:`winograd_conv3x3`) computes each 2x2 output tile with 16 instead
-  of 36 multiply-adds per channel pair, as 16 batched matrix products.
+- 3x3 convolutions over many channels (the ``ConvBottleneck`` layers): Winograd F(4x4, 3x3)
+  (:func:`winograd_kernels`, :func:`winograd_conv3x3`) computes each 4x4 output tile with 36 instead
+  of 144 multiply-adds per channel pair, as 36 batched matrix products (F(2x2, 3x3) also available).
 
 oneDNN's CPU convolutions do none of this themselves; cuDNN chooses Winograd-like algorithms on its
 own, so the network uses the Winograd forms on CPU only (the phase form everywhere).
 
 Everything here is a pure function of tensors. Kernels are derived once per weight tensor (see
-:class:`DerivedKernels`); the Winograd ones take 16/9 (3x3) and 4x (upsample + 3x3) the memory of the
-weights they stand for.
+:class:`DerivedKernels`); the Winograd ones take 4x the memory of the weights they stand for (about
+1.6 GB per DPNUnet on CPU). float32 results differ from the direct computation by rounding only:
+~1e-5 of the output's range for F(4x4, 3x3), ~3e-6 for the others (bench_fastconv prints them).
 """
 from __future__ import annotations
 
@@ -153,6 +154,26 @@ _F23_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _F22_G = ((1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
 _F22_BT = ((1, -1, 0), (0, 1, 0), (0, -1, 1))
 _F22_AT = ((1, 1, 0), (0, 1, 1))
+# F(4, 3): 6-pixel input tiles, interpolation points 0, +-1, +-2 (Lavin & Gray's choice).
+_F43_G = (
+    (1 / 4, 0.0, 0.0),
+    (-1 / 6, -1 / 6, -1 / 6),
+    (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6),
+    (1 / 24, -1 / 12, 1 / 6),
+    (0.0, 0.0, 1.0),
+)
+_F43_BT = (
+    (4, 0, -5, 0, 1, 0),
+    (0, -4, -4, 1, 1, 0),
+    (0, 4, -4, -1, 1, 0),
+    (0, -2, -1, 2, 1, 0),
+    (0, 2, -1, -2, 1, 0),
+    (0, 4, 0, -5, 0, 1),
+)
+_F43_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+# (G, B^T, A^T) of the 3x3 algorithms by output tile size.
+_F3_MATRICES = {2: (_F23_G, _F23_BT, _F23_AT), 4: (_F43_G, _F43_BT, _F43_AT)}
 
 
 def _transform_kernels(weight: torch.Tensor, g_matrix: tuple) -> torch.Tensor:
@@ -163,20 +184,26 @@ def _transform_kernels(weight: torch.Tensor, g_matrix: tuple) -> torch.Tensor:
     return transformed.reshape(tile * tile, weight.shape[1], weight.shape[0]).contiguous()
 
 
-def winograd_kernels(weight: torch.Tensor) -> torch.Tensor:
-    """Winograd F(2x2, 3x3) transform of a 3x3 kernel.
+def winograd_kernels(weight: torch.Tensor, *, output_tile: int = 4) -> torch.Tensor:
+    """Winograd transform ``G w G^T`` of a 3x3 kernel for F(2x2, 3x3) or F(4x4, 3x3).
 
     Parameters
     ----------
     weight : Tensor (O, I, 3, 3)
+    output_tile : {2, 4}
+        Output pixels per tile side. 4 needs 2.25 multiply-adds per output pixel and channel pair
+        (direct: 9; 2: 4) with float32 errors ~1e-5 of the output's range (2: ~2e-6), and 4x the
+        weights' memory (2: 16/9).
 
     Returns
     -------
-    Tensor (16, I, O)
-        One ``I x O`` matrix per position of the 4x4 transformed tile (row-major).
+    Tensor ((output_tile + 2)², I, O)
+        One ``I x O`` matrix per position of the transformed tile (row-major).
     """
     _check_3x3(weight)
-    return _transform_kernels(weight, _F23_G)
+    if output_tile not in _F3_MATRICES:
+        raise ValueError(f"output_tile must be one of {sorted(_F3_MATRICES)}, got {output_tile}")
+    return _transform_kernels(weight, _F3_MATRICES[output_tile][0])
 
 
 def winograd_phase_kernels(kernels: torch.Tensor) -> torch.Tensor:
@@ -195,29 +222,29 @@ def winograd_phase_kernels(kernels: torch.Tensor) -> torch.Tensor:
     return _transform_kernels(kernels, _F22_G)
 
 
-def _combine(coefficients: tuple[int, ...], sources: list[torch.Tensor], out: torch.Tensor) -> None:
-    """``out = sum(c * s)`` for coefficients in {-1, 0, 1}, without temporaries."""
+def _combine(coefficients: tuple[float, ...], sources: list[torch.Tensor], out: torch.Tensor) -> None:
+    """``out = sum(c * s)`` over the non-zero coefficients, without temporaries."""
     terms = [(c, s) for c, s in zip(coefficients, sources) if c]
     (c0, s0), rest = terms[0], terms[1:]
-    if not rest:
-        out.copy_(s0) if c0 == 1 else torch.neg(s0, out=out)
-        return
-    (c1, s1), rest = rest[0], rest[1:]
-    if c0 == 1:
+    if rest and c0 == 1:
+        (c1, s1), rest = rest[0], rest[1:]
         torch.add(s0, s1, alpha=c1, out=out)
-    elif c1 == 1:
+    elif rest and c0 == -1 and rest[0][0] == 1:
+        (_, s1), rest = rest[0], rest[1:]
         torch.sub(s1, s0, out=out)
+    elif c0 == 1:
+        out.copy_(s0)
     else:
-        torch.add(s0, s1, out=out).neg_()
+        torch.mul(s0, c0, out=out)
     for c, s in rest:
         out.add_(s, alpha=c)
 
 
-def _input_transform(src: torch.Tensor, dim: int, bt: tuple, out: torch.Tensor) -> None:
-    """``B^T`` over overlapping tiles (stride 2) along ``dim`` of ``src`` into ``out[k]``."""
+def _input_transform(src: torch.Tensor, dim: int, bt: tuple, step: int, out: torch.Tensor) -> None:
+    """``B^T`` over overlapping tiles (``step`` apart) along ``dim`` of ``src`` into ``out[k]``."""
     tiles = out.shape[dim + 1]
-    index = (slice(None),) * dim + (slice(None, None, 2),)
-    taps = [src.narrow(dim, r, 2 * tiles - 1)[index] for r in range(len(bt))]
+    index = (slice(None),) * dim + (slice(None, None, step),)
+    taps = [src.narrow(dim, r, step * (tiles - 1) + 1)[index] for r in range(len(bt))]
     for k, row in enumerate(bt):
         _combine(row, taps, out[k])
 
@@ -225,25 +252,26 @@ def _input_transform(src: torch.Tensor, dim: int, bt: tuple, out: torch.Tensor) 
 def _winograd_nhwc(
     padded: torch.Tensor, kernels: torch.Tensor, bt: tuple, at: tuple, out_hw: tuple[int, int]
 ) -> torch.Tensor:
-    """Valid convolution of NHWC ``padded`` by Winograd with 2x2 output tiles -> contiguous NHWC.
+    """Valid convolution of NHWC ``padded`` by Winograd -> contiguous NHWC ``(N, *out_hw, O)``.
 
-    ``padded`` (N, Hp, Wp, I) must hold every input tile: Hp >= out_h + P - 2 for P-pixel tiles.
+    Output tiles are ``len(at)`` pixels a side, input tiles ``len(bt)``; ``out_hw`` must be multiples
+    of the output tile and ``padded`` (N, Hp, Wp, I) must hold every input tile.
     """
     n, _, padded_w, channels = padded.shape
-    tile = len(bt)
+    tile, step = len(bt), len(at)
     out_h, out_w = out_hw
-    tiles_h, tiles_w = out_h // 2, out_w // 2
+    tiles_h, tiles_w = out_h // step, out_w // step
     rows = padded.new_empty((tile, n, tiles_h, padded_w, channels))
-    _input_transform(padded, 1, bt, rows)
+    _input_transform(padded, 1, bt, step, rows)
     tiles = padded.new_empty((tile, tile, n, tiles_h, tiles_w, channels))
     for r in range(tile):
-        _input_transform(rows[r], 2, bt, tiles[r])
+        _input_transform(rows[r], 2, bt, step, tiles[r])
     del rows
     out_channels = kernels.shape[2]
     products = torch.bmm(tiles.view(tile * tile, -1, channels), kernels)
     del tiles
     m = list(products.view(tile, tile, n, tiles_h, tiles_w, out_channels).unbind(0))
-    out = padded.new_empty((n, tiles_h, 2, tiles_w, 2, out_channels))
+    out = padded.new_empty((n, tiles_h, step, tiles_w, step, out_channels))
     row = products.new_empty((tile, n, tiles_h, tiles_w, out_channels))
     for a, coefficients in enumerate(at):
         _combine(coefficients, m, row)
@@ -255,13 +283,13 @@ def _winograd_nhwc(
 def winograd_conv3x3(
     x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = False
 ) -> torch.Tensor:
-    """``[relu](conv2d(x, w, bias, padding=1))`` for a 3x3 kernel, by Winograd F(2x2, 3x3).
+    """``[relu](conv2d(x, w, bias, padding=1))`` for a 3x3 kernel, by Winograd.
 
     Parameters
     ----------
-    x : Tensor (N, I, H, W), H and W even (every decoder level is).
-    kernels : Tensor (16, I, O)
-        From :func:`winograd_kernels`, same dtype and device as ``x``.
+    x : Tensor (N, I, H, W)
+    kernels : Tensor (16 or 36, I, O)
+        From :func:`winograd_kernels` (16: F(2x2, 3x3); 36: F(4x4, 3x3)), same dtype and device as ``x``.
     bias : Tensor (O,) or None
     relu : bool
 
@@ -269,15 +297,20 @@ def winograd_conv3x3(
     -------
     Tensor (N, O, H, W), channels_last.
 
-    Cost: 16 products of ``(N*H*W/4, I) x (I, O)`` (4/9 of the direct multiply-adds) plus memory-bound
-    transforms of ~4x the input; worth it when I and O are large next to H*W (see
-    ``benchmarks/bench_fastconv.py``).
+    Cost: (tile)² products of ``(N*H*W/out_tile², I) x (I, O)`` plus memory-bound transforms of a few
+    times the input; worth it when I and O are large next to H*W (``benchmarks/bench_fastconv.py``).
+    H and W that are not multiples of the output tile are padded up and cropped back.
     """
+    output_tile = {16: 2, 36: 4}.get(kernels.shape[0])
+    if output_tile is None or kernels.ndim != 3:
+        raise ValueError(f"expected (16 or 36, I, O) kernels from winograd_kernels, got {tuple(kernels.shape)}")
+    _, bt, at = _F3_MATRICES[output_tile]
     height, width = x.shape[-2:]
-    if height % 2 or width % 2:
-        raise ValueError(f"winograd_conv3x3 needs even H and W, got {height}x{width}")
-    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # NHWC view (N, H+2, W+2, I)
-    out = _winograd_nhwc(padded, kernels, _F23_BT, _F23_AT, (height, width))
+    out_h, out_w = -(-height // output_tile) * output_tile, -(-width // output_tile) * output_tile
+    padded = F.pad(x, (1, 1 + out_w - width, 1, 1 + out_h - height)).permute(0, 2, 3, 1)  # NHWC view
+    out = _winograd_nhwc(padded, kernels, bt, at, (out_h, out_w))
+    if (out_h, out_w) != (height, width):
+        out = out[:, :height, :width]
     if bias is not None:
         out.add_(bias)
     if relu:

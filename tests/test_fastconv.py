@@ -48,18 +48,23 @@ def test_phase_kernels_sum_the_taps_each_phase_reads():
     assert phases.sum() == 4 * weight.sum()  # every tap lands once in each phase
 
 
-@pytest.mark.parametrize("shape", [(1, 6, 8, 8), (3, 4, 2, 6), (2, 9, 10, 4)])
+@pytest.mark.parametrize("shape", [(1, 6, 8, 8), (3, 4, 2, 6), (2, 9, 10, 4), (1, 3, 7, 5)])
+@pytest.mark.parametrize("output_tile", [2, 4])
 @pytest.mark.parametrize("relu", [False, True])
-def test_winograd_equals_a_3x3_convolution(shape, relu):
+def test_winograd_equals_a_3x3_convolution(shape, output_tile, relu):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(*shape, generator=g)
     weight, bias = torch.randn(5, shape[1], 3, 3, generator=g), torch.randn(5, generator=g)
     expected = F.conv2d(x, weight, bias, padding=1)
     if relu:
         expected = torch.relu(expected)
-    got = fastconv.winograd_conv3x3(x, fastconv.winograd_kernels(weight), bias, relu=relu)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, **TOL)
+    kernels = fastconv.winograd_kernels(weight, output_tile=output_tile)
+    assert kernels.shape == ((output_tile + 2) ** 2, shape[1], 5)
+    got = fastconv.winograd_conv3x3(x, kernels, bias, relu=relu)
+    assert got.shape == expected.shape  # sizes that are not multiples of the tile: padded, cropped
+    # F(4x4, 3x3) rounds more (its transforms multiply by up to 8 and divide by 24): ~1e-5 of the range.
+    tol = TOL if output_tile == 2 else dict(rtol=0, atol=2e-5 * float(expected.abs().max()))
+    torch.testing.assert_close(got, expected, **tol)
 
 
 def test_bad_shapes_are_refused_with_the_shape():
@@ -69,8 +74,10 @@ def test_bad_shapes_are_refused_with_the_shape():
         fastconv.winograd_kernels(torch.zeros(4, 3, 5, 5))
     with pytest.raises(ValueError, match=r"\(O, I, 2, 2\).*\(4, 3, 3, 3\)"):
         fastconv.winograd_phase_kernels(torch.zeros(4, 3, 3, 3))
-    with pytest.raises(ValueError, match="even H and W, got 5x4"):
-        fastconv.winograd_conv3x3(torch.zeros(1, 3, 5, 4), torch.zeros(16, 3, 2), None)
+    with pytest.raises(ValueError, match="output_tile must be one of"):
+        fastconv.winograd_kernels(torch.zeros(4, 3, 3, 3), output_tile=3)
+    with pytest.raises(ValueError, match=r"\(16 or 36, I, O\).*\(9, 3, 2\)"):
+        fastconv.winograd_conv3x3(torch.zeros(1, 3, 4, 4), torch.zeros(9, 3, 2), None)
     with pytest.raises(ValueError, match="unknown form 'fft'"):
         fastconv.phase_upsample_conv(torch.zeros(1, 3, 4, 4), torch.zeros(8, 3, 2, 2), torch.zeros(8), form="fft")
     with pytest.raises(ValueError, match="needs the winograd kernels"):
