@@ -108,9 +108,9 @@ class _UpConvBlock(nn.Module):
 
     At inference (no autograd) it runs as four 2x2 convolutions of the input
     (``segment.fastconv.phase_upsample_conv``): equal up to float rounding, 2.25x fewer multiply-adds, no
-    upsampled copy. The phase kernels are derived from ``layer.1.weight`` on first use and kept outside
-    the state dict (rebuilt when the weight changes). ``phase_upsample = False`` gives the literal
-    upsample-then-convolve computation.
+    upsampled copy; on CPU the deep ones compute those by Winograd F(2x2, 2x2). The kernels are derived
+    from ``layer.1.weight`` on first use and kept outside the state dict (rebuilt when the weight
+    changes). ``phase_upsample = False`` gives the literal upsample-then-convolve computation.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -152,7 +152,7 @@ class _ConvBottleneck(nn.Module):
     """3x3 conv with bias + ReLU over ``[decoder output, skip]``; the original's ``ConvBottleneck``.
 
     At inference on CPU the deep ones (``_CPU_WINOGRAD_MIN_CHANNELS`` and more input channels) run as
-    Winograd F(2x2, 3x3) (``segment.fastconv.winograd_conv3x3``), equal up to float rounding.
+    Winograd F(4x4, 3x3) (``segment.fastconv.winograd_conv3x3``), equal up to float rounding.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
