@@ -113,12 +113,8 @@ def phase_upsample_conv(
     if form == "winograd":
         if winograd is None:
             raise ValueError("form='winograd' needs the winograd kernels (winograd_phase_kernels)")
-        # (H+1) x (W+1) outputs are needed; Winograd makes them in 2x2 tiles, so an odd count is
-        # rounded up with one more row or column of zero padding (its outputs are never read).
-        out_h, out_w = (height + 1) + (height + 1) % 2, (width + 1) + (width + 1) % 2
-        padded = F.pad(x, (1, out_w - width, 1, out_h - height)).permute(0, 2, 3, 1)
-        phases = _winograd_nhwc(padded, winograd, _F22_BT, _F22_AT, (out_h, out_w))
-        phases = phases.add_(bias)
+        # (H+1) x (W+1) outputs are read; an odd count is rounded up to whole tiles (extra unread).
+        phases = _winograd_padded(x, winograd, _F22_MATRICES, 2, (height + 1, width + 1)).add_(bias)
     elif form == "conv":  # (N, 4O, H+1, W+1) -> NHWC view
         phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, bias).permute(0, 2, 3, 1)
     else:
@@ -154,6 +150,7 @@ _F23_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _F22_G = ((1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
 _F22_BT = ((1, -1, 0), (0, 1, 0), (0, -1, 1))
 _F22_AT = ((1, 1, 0), (0, 1, 1))
+_F22_MATRICES = (_F22_G, _F22_BT, _F22_AT)
 # F(4, 3): 6-pixel input tiles, interpolation points 0, +-1, +-2 (Lavin & Gray's choice).
 _F43_G = (
     (1 / 4, 0.0, 0.0),
@@ -219,7 +216,7 @@ def winograd_phase_kernels(kernels: torch.Tensor) -> torch.Tensor:
     """
     if kernels.ndim != 4 or tuple(kernels.shape[-2:]) != (2, 2):
         raise ValueError(f"expected (O, I, 2, 2) kernels, got shape {tuple(kernels.shape)}")
-    return _transform_kernels(kernels, _F22_G)
+    return _transform_kernels(kernels, _F22_MATRICES[0])
 
 
 def _combine(coefficients: tuple[float, ...], sources: list[torch.Tensor], out: torch.Tensor) -> None:
@@ -280,6 +277,24 @@ def _winograd_nhwc(
     return out.view(n, out_h, out_w, out_channels)
 
 
+def _winograd_padded(
+    x: torch.Tensor, kernels: torch.Tensor, matrices: tuple, kernel_px: int, needed_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Convolution of ``x`` (NCHW) zero-padded by 1 on top and left, by Winograd -> NHWC.
+
+    Gives at least ``needed_hw`` outputs: rounded up to whole output tiles, with as much zero padding
+    at the bottom and right as those tiles read (a ``kernel_px``-tap kernel reads ``kernel_px - 1``
+    pixels past its output).
+    """
+    _, bt, at = matrices
+    step = len(at)
+    out_h, out_w = (-(-size // step) * step for size in needed_hw)
+    height, width = x.shape[-2:]
+    past = kernel_px - 2  # rows read past the last output, beyond the top padding's shift
+    padded = F.pad(x, (1, out_w + past - width, 1, out_h + past - height)).permute(0, 2, 3, 1)
+    return _winograd_nhwc(padded, kernels, bt, at, (out_h, out_w))
+
+
 def winograd_conv3x3(
     x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = False
 ) -> torch.Tensor:
@@ -304,13 +319,8 @@ def winograd_conv3x3(
     output_tile = {16: 2, 36: 4}.get(kernels.shape[0])
     if output_tile is None or kernels.ndim != 3:
         raise ValueError(f"expected (16 or 36, I, O) kernels from winograd_kernels, got {tuple(kernels.shape)}")
-    _, bt, at = _F3_MATRICES[output_tile]
     height, width = x.shape[-2:]
-    out_h, out_w = -(-height // output_tile) * output_tile, -(-width // output_tile) * output_tile
-    padded = F.pad(x, (1, 1 + out_w - width, 1, 1 + out_h - height)).permute(0, 2, 3, 1)  # NHWC view
-    out = _winograd_nhwc(padded, kernels, bt, at, (out_h, out_w))
-    if (out_h, out_w) != (height, width):
-        out = out[:, :height, :width]
+    out = _winograd_padded(x, kernels, _F3_MATRICES[output_tile], 3, (height, width))[:, :height, :width]
     if bias is not None:
         out.add_(bias)
     if relu:
