@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segment.cache import MaskCache
+from cellcls.masks import MaskCache
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "label_cell_fixture.npz"
 
@@ -85,20 +85,21 @@ def main() -> None:
 
         def write():
             cache.write(f"img-{next(counter)}", cells, nuclei, original_shape=(2048, 2048), scale=0.25,
-                        backend="bench", params_hash="k")
+                        backend="bench", params_hash="k", params={"backend": "bench", "scale": 0.25})
 
         timings = {
-            "write (encode + 2 fsync'd renames)": best_ms(write, args.repeats)[0],
+            "write (encode + digest + 2 fsync'd renames)": best_ms(write, args.repeats)[0],
             "status (sha256 check)": best_ms(lambda: cache.status("img-0", "k"), args.repeats)[0],
-            "read": best_ms(lambda: cache.read("img-0"), args.repeats)[0],
+            "read (one file read: checksum + decode)": best_ms(lambda: cache.read("img-0"), args.repeats)[0],
             "read upscale=True": best_ms(lambda: cache.read("img-0", upscale=True), args.repeats)[0],
             "manifest() from sidecars": best_ms(cache.manifest, 5)[0],
         }
         cache.write_manifest()
         timings["manifest() from csv"] = best_ms(cache.manifest, 5)[0]
+        timings["reader() (homogeneity check, from csv)"] = best_ms(cache.reader, 5)[0]
         entries = len(cache.ids())
     for label, ms in timings.items():
-        print(f"  {label:36} {ms:8.2f} ms")
+        print(f"  {label:44} {ms:8.2f} ms")
     print(f"  (manifest timings over {entries} entries)")
 
 

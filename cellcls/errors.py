@@ -21,7 +21,14 @@ __all__ = [
     "MaskCodecError",
     "SubmissionError",
     "CacheError",
+    "CellTableError",
+    "CropError",
+    "ScoreTableError",
     "RegistryError",
+    "ParameterError",
+    "PluginError",
+    "LossError",
+    "EmbeddingError",
 ]
 
 
@@ -81,8 +88,46 @@ class CacheError(CellclsError):
     """A mask-cache entry or manifest is unreadable or inconsistent."""
 
 
+class CellTableError(CellclsError, ValueError):
+    """A label map or cell-table file does not fit (wrong shape or dtype, missing columns)."""
+
+
+class CropError(CellTableError):
+    """A crop request does not fit its image, label map or cell-table rows (unknown cell id, no rows, bad size)."""
+
+
+class ScoreTableError(CellclsError, ValueError):
+    """A per-cell score table (file or frame) is malformed: missing columns, bad values, repeated cells."""
+
+
+class ParameterError(CellclsError, ValueError):
+    """A function or command option got a value outside its valid range or of the wrong kind.
+
+    Also a ``ValueError``, so library callers that catch ``ValueError`` keep working; the CLI
+    prints it as one ``error:`` line and exits 1. The message names the parameter (or option),
+    what is allowed and the value given.
+    """
+
+
+class PluginError(CellclsError):
+    """A command registered in the ``cellcls.commands`` entry-point group cannot be loaded.
+
+    The message names the entry point and its module; the import error is chained as
+    ``__cause__`` (``cellcls COMMAND -v`` prints its traceback).
+    """
+
+
 class RegistryError(CellclsError, KeyError):
     """An unknown name was looked up in a registry; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class LossError(CellclsError, ValueError):
+    """A loss got options it does not take, or tensors of the wrong shape or dtype."""
+
+
+class EmbeddingError(CellclsError, ValueError):
+    """An embeddings file (``.npz``) or array is malformed: missing arrays, shapes that disagree, NaN,
+    rows not L2-normalised, repeated IDs, or dimensions that differ between two files."""

@@ -43,10 +43,10 @@ def run_demo(out: Path, *, n_train: int, n_test: int, size_px: int, seed: int) -
           ["stats", "--images", str(world / "train"), str(world / "test"), "--out", str(out / "stats.json")])
     _step("near-duplicate search",
           ["dedup", "--images", str(world / "train"), str(world / "test"), "--out", str(out / "dups.csv")])
-    # The world's images are quarter-size fields already (world.json: scale 0.25), so the
-    # segmentation runs at their own resolution: --scale 1 with the image scale read from world.json.
+    # Default scale: the world's images are quarter-size fields already (world.json: scale 0.25),
+    # so --scale auto segments them as they are, at 1/4 of HPA's resolution.
     _step("cell segmentation (HPA networks if their weights are found, else the classical backend)",
-          ["segment", "--images", str(world / "test"), "--out", str(masks), "--scale", "1", *quiet])
+          ["segment", "--images", str(world / "test"), "--out", str(masks), *quiet])
     _step("segmentation against the true cell maps",
           ["segment-score", "--masks", str(masks), "--truth", str(world / "truth"),
            "--json", str(out / "segment_score.json"), *quiet])

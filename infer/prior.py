@@ -13,8 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cellcls.labels import LabelTable
+from cellcls.masks import MaskCache
 from cellcls.submission import SubmissionWriter, read_sample_submission
-from segment.cache import MaskCache
 
 __all__ = ["class_prior", "write_prior_submission"]
 
@@ -34,16 +34,20 @@ def write_prior_submission(
     prior: np.ndarray,
     out_path: str | Path,
     *,
+    params_hash: str | None = None,
     progress: bool = True,
 ) -> dict[str, int]:
     """Write a submission giving every cached cell the confidences ``prior`` (19,).
 
-    Images of the sample without a cache entry get an empty prediction string (and are counted
-    in the returned ``missing``); the writer keeps sample order and sizes.
+    The masks come from ONE parameter set of the cache (``params_hash``, or the only one the
+    cache holds: a cache mixing parameter sets raises CacheError naming them). Images of the
+    sample without a cache entry get an empty prediction string (and are counted in the returned
+    ``missing``); the writer keeps sample order and sizes.
     """
-    cache = MaskCache(masks_dir)
+    cache = MaskCache(masks_dir).reader(params_hash=params_hash)
+    log.info("masks: %d entries of %s, %s", len(cache), masks_dir, cache.describe())
     sample = read_sample_submission(sample_path)
-    usable = set(cache.ok_ids())
+    usable = set(cache.ids())
     counts = {"images": len(sample), "cells": 0, "missing": 0}
     with SubmissionWriter(out_path, sample) as writer:
         for row in tqdm(sample, desc="prior submission", unit="img", disable=not progress):

@@ -167,7 +167,12 @@ def _id_areas(labels: np.ndarray) -> np.ndarray:
 
 
 def _keep_ids(labels: np.ndarray, keep: np.ndarray, *, renumber: bool) -> np.ndarray:
-    """Zero the ids whose ``keep`` entry is False; optionally renumber kept ids 1..K in id order."""
+    """Zero the ids whose ``keep`` entry is False; optionally renumber kept ids 1..K in id order.
+
+    ``keep`` has one entry per id 0..max (entry 0 is ignored). Renumbering numbers every kept
+    entry, so keep only ids that occur (as :func:`_drop_small_ids` does) for the result to be
+    ``skimage.segmentation.relabel_sequential``'s.
+    """
     keep = keep.copy()
     keep[0] = False
     if keep[1:].all() and (not renumber or keep.size == int(labels.max(initial=0)) + 1):
@@ -181,9 +186,14 @@ def _keep_ids(labels: np.ndarray, keep: np.ndarray, *, renumber: bool) -> np.nda
 
 
 def _drop_small_ids(labels: np.ndarray, min_area_px: int, *, renumber: bool = False) -> np.ndarray:
-    """Zero every id (any shape, each id one object) covering fewer than ``min_area_px`` pixels."""
+    """Zero every id (any shape, each id one object) covering fewer than ``min_area_px`` pixels.
+
+    ``skimage.morphology.remove_small_objects(labels, max_size=min_area_px - 1)``, followed with
+    ``renumber`` by ``relabel_sequential``: ids that do not occur are never kept, so the kept ones
+    become exactly 1..K (also for ``min_area_px`` 0).
+    """
     sizes = _id_areas(labels)
-    return _keep_ids(labels, sizes >= min_area_px, renumber=renumber)
+    return _keep_ids(labels, sizes >= max(min_area_px, 1), renumber=renumber)
 
 
 def _drop_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:

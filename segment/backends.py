@@ -16,14 +16,19 @@ Scales
 ``scale`` is the resize factor applied to the stored images before segmentation (0.25: a 2048²
 image is segmented at 512²); ``image_scale`` is the pixel size of the stored images relative to
 real HPA full-resolution images (1.0 for Kaggle data). Pixel cut-offs (areas, radii) are full-
-resolution constants scaled by the effective scale ``scale * image_scale``.
+resolution constants scaled by the effective scale ``scale * image_scale``. Backends take both as
+numbers; ``cellcls segment --scale auto`` picks ``scale = 0.25 / image_scale``
+(``segment.scales.resolve_scale``); the key holds the resulting numbers, so ``auto`` and the same
+value given explicitly share cache entries.
 
 Cache key
 ---------
 Each backend lists the ingredients of its results in :meth:`SegmentationBackend.key_ingredients`
-(weights SHA-256, labelling / classical parameters, scales, TTA); :meth:`params_hash` is the
-SHA-256 of their canonical JSON. The device and autocast precision are NOT part of the key: a
-cache made on a GPU (float16) is reused on the CPU and vice versa; the maps agree up to rounding.
+(weights SHA-256, labelling / classical parameters and algorithm versions, the hpa backend's
+preprocessing version, scales, TTA); :meth:`key_params` is that dict with the backend name, recorded
+readably in every cache entry, and :meth:`params_hash` is the SHA-256 of its canonical JSON. The
+device and autocast precision are NOT part of the key: a cache made on a GPU (float16) is reused
+on the CPU and vice versa; the maps agree up to rounding.
 """
 from __future__ import annotations
 
@@ -85,10 +90,13 @@ class SegmentationBackend(ABC):
     def key_ingredients(self) -> dict[str, Any]:
         """JSON-serialisable description of everything that changes this backend's output."""
 
+    def key_params(self) -> dict[str, Any]:
+        """``{"backend": name, **key_ingredients()}``: what the cache key is built from (JSON values)."""
+        return {"backend": self.name, **self.key_ingredients()}
+
     def params_hash(self) -> str:
-        """SHA-256 hex digest of ``{"backend": name, **key_ingredients()}``: the cache key."""
-        payload = {"backend": self.name, **self.key_ingredients()}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        """SHA-256 hex digest of the canonical JSON of :meth:`key_params`: the cache key."""
+        text = json.dumps(self.key_params(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Any]:
@@ -197,8 +205,11 @@ class HpaBackend(SegmentationBackend):
         return cls(nuclei_net, cell_net, weights_sha256={"nuclei": weights_id, "cell": weights_id}, **kwargs)
 
     def key_ingredients(self) -> dict[str, Any]:
+        from segment.predict import PREPROCESS_VERSION
+
         return {
             "weights_sha256": self.weights_sha256,
+            "preprocess_version": PREPROCESS_VERSION,
             "label_params": self.label_params.hash(),
             "scale": self.scale,
             "image_scale": self.image_scale,
@@ -285,7 +296,8 @@ class ClassicalBackend(SegmentationBackend):
 
         return {
             "classical_params": dataclasses.asdict(self.params),
-            # the hash carries the labelling algorithm's version besides its parameters
+            # the hashes carry the classical method's and the labelling algorithm's versions
+            "classical_hash": self.params.hash(),
             "label_params": self.params.labels.scaled(self.effective_scale).hash(),
             "scale": self.scale,
             "image_scale": self.image_scale,

@@ -13,15 +13,18 @@ layer, and both can be computed with fewer:
   of 144 multiply-adds per channel pair, as 36 batched matrix products (F(2x2, 3x3) also available).
 
 oneDNN's CPU convolutions do none of this themselves; cuDNN chooses Winograd-like algorithms on its
-own, so the network uses the Winograd forms on CPU only (the phase form everywhere).
+own, so the network uses the Winograd forms on CPU only, and the phase form too by default only on
+CPU, where it was measured (``segment.network.fast_decoder_default``).
 
 Everything here is a pure function of tensors. Kernels are derived once per weight tensor (see
-:class:`DerivedKernels`); the Winograd ones take 4x the memory of the weights they stand for (about
-1.6 GB per DPNUnet on CPU). float32 results differ from the direct computation by rounding only:
-~1e-5 of the output's range for F(4x4, 3x3), ~3e-6 for the others (bench_fastconv prints them).
+:class:`DerivedKernels`, which follows the tensor's identity and version); the Winograd ones take
+4x the memory of the weights they stand for (about 1.6 GB per DPNUnet on CPU). float32 results
+differ from the direct computation by rounding only: ~1e-5 of the output's range for F(4x4, 3x3),
+~3e-6 for the others (bench_fastconv prints them).
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -332,34 +335,64 @@ def winograd_conv3x3(
 
 
 class DerivedKernels:
-    """Kernels derived from a weight tensor, rebuilt when the weight changes.
+    """Kernels derived from one weight tensor, rebuilt when the weight is another or has changed.
 
-    The key is the weight's storage, version counter (bumped by in-place updates such as
-    ``load_state_dict`` or an optimizer step), dtype and device. Changes made through ``.data``
-    bypass the version counter and are NOT seen: call :meth:`clear` after such edits.
+    A cached value belongs to one tensor OBJECT (held by a weak reference and compared with ``is``)
+    in one state: its storage address, shape, version counter (bumped by in-place updates such as
+    ``load_state_dict`` without ``assign`` or an optimizer step), dtype and device. So a weight
+    replaced by a new tensor (``load_state_dict(..., assign=True)``, ``module.weight = ...``) is a
+    miss even when the new tensor lands at the freed one's address with the same version, and the
+    kernels of a freed weight are dropped as soon as it is freed. Changes made in place through
+    ``.data`` bypass the version counter and are NOT seen: call :meth:`clear` after such edits.
     """
 
     def __init__(self, derive: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self._derive = derive
-        self._key: tuple | None = None
+        self._source: weakref.ref | None = None
+        self._state: tuple | None = None
         self._value: torch.Tensor | None = None
 
     @staticmethod
-    def _key_of(weight: torch.Tensor) -> tuple:
+    def _state_of(weight: torch.Tensor) -> tuple:
         try:
             version = weight._version
         except RuntimeError:  # inference tensors keep no version counter (and cannot change in place)
             version = None
-        return (weight.data_ptr(), version, weight.dtype, weight.device)
+        return (weight.data_ptr(), tuple(weight.shape), version, weight.dtype, weight.device)
+
+    def _holds(self, weight: torch.Tensor) -> bool:
+        return (
+            self._value is not None
+            and self._source is not None
+            and self._source() is weight
+            and self._state == self._state_of(weight)
+        )
 
     def get(self, weight: torch.Tensor) -> torch.Tensor:
-        key = self._key_of(weight)
-        if self._value is None or self._key != key:
-            self._value = None  # free the old kernels before building new ones
+        """The derived kernels of ``weight``, built on first use and whenever it is replaced or changed."""
+        if not self._holds(weight):
+            self.clear()  # free the old kernels before building new ones
             with torch.no_grad():
-                self._value = self._derive(weight.detach())
-            self._key = key
+                value = self._derive(weight.detach())
+            self._source = weakref.ref(weight, _forgetter(weakref.ref(self)))
+            self._state = self._state_of(weight)
+            self._value = value
         return self._value
 
     def clear(self) -> None:
-        self._key = self._value = None
+        """Drop the cached kernels (the next :meth:`get` rebuilds them)."""
+        self._source = self._state = self._value = None
+
+
+def _forgetter(owner: weakref.ref) -> Callable[[weakref.ref], None]:
+    """Weak-reference callback: clear ``owner``'s entry when the tensor it was derived from is freed.
+
+    It holds the cache only weakly, so the cache and its kernels are not kept alive by the tensor.
+    """
+
+    def forget(ref: weakref.ref) -> None:
+        cache = owner()
+        if cache is not None and cache._source is ref:
+            cache.clear()
+
+    return forget

@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from segment.cache import MaskCache
+from cellcls.masks import MaskCache
 from segment.pipeline import (
     ImageRecord,
     SegmentDataset,
@@ -48,7 +48,9 @@ class SegmentModule(pl.LightningModule):
     """Wraps a segmentation backend; ``predict_step`` segments one batch and writes the cache.
 
     The backend's networks are registered as submodules so Lightning moves them to the rank's
-    device. ``predict_step`` returns ``[(image_id, n_cells or None, error or None), ...]``.
+    device. ``predict_step`` returns ``[(image_id, n_cells or None, error or None), ...]``; as in
+    the plain loop, a batch the network fails on (CUDA out of memory...) is retried image by image
+    and an image that fails alone too is recorded as failed while the rank goes on.
     """
 
     def __init__(self, backend: Any, cache_root: str | Path) -> None:
@@ -56,7 +58,8 @@ class SegmentModule(pl.LightningModule):
         self.backend = backend
         self.networks = nn.ModuleList(backend.modules())
         self.cache = MaskCache(cache_root)
-        self.common = dict(scale=backend.scale, backend=backend.name, params_hash=backend.params_hash())
+        self.common = dict(scale=backend.scale, backend=backend.name, params_hash=backend.params_hash(),
+                           params=backend.key_params())
 
     def predict_step(self, batch: list[ImageRecord], batch_idx: int) -> list[tuple[str, int | None, str | None]]:
         if getattr(self.backend, "predictor", None) is not None and self.backend.predictor.device != self.device:
@@ -66,7 +69,7 @@ class SegmentModule(pl.LightningModule):
             batch,
             self.backend,
             submit=lambda *args, **kwargs: outcomes.append(label_and_write(*args, **kwargs)),
-            on_read_error=lambda image_id, error: outcomes.append((image_id, None, error)),
+            on_failure=lambda image_id, error: outcomes.append((image_id, None, error)),
             cache=self.cache,
             common=self.common,
         )
@@ -86,6 +89,7 @@ class SegmentDataModule(pl.LightningDataModule):
         cache_root: str | Path,
         params_hash: str,
         *,
+        params: dict[str, Any] | None = None,
         scale: float,
         batch_size: int,
         num_workers: int,
@@ -96,6 +100,7 @@ class SegmentDataModule(pl.LightningDataModule):
         self.ids = ids
         self.cache = MaskCache(cache_root)
         self.params_hash = params_hash
+        self.params = params
         self.scale = scale
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -105,6 +110,10 @@ class SegmentDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.todo = self.cache.todo(self.ids, self.params_hash, overwrite=self.overwrite)
+        if self.trainer.is_global_zero:
+            mixing = self.cache.mixing_warning(self.params_hash, params=self.params, replacing=self.todo)
+            if mixing:
+                log.warning(mixing)
         # Every rank must see the to-do list before any rank writes an entry.
         self.trainer.strategy.barrier("segment-todo")
         rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -143,8 +152,8 @@ def run_segmentation_lightning(
 
     all_ids = list(dict.fromkeys(ids)) if ids is not None else list_image_ids(images_dir)
     key = backend.params_hash()
-    data = SegmentDataModule(images_dir, all_ids, out_dir, key, scale=backend.scale, batch_size=batch_size,
-                             num_workers=num_workers, overwrite=overwrite)
+    data = SegmentDataModule(images_dir, all_ids, out_dir, key, params=backend.key_params(), scale=backend.scale,
+                             batch_size=batch_size, num_workers=num_workers, overwrite=overwrite)
     module = SegmentModule(backend, out_dir)
     distributed = devices * num_nodes > 1
     trainer = pl.Trainer(

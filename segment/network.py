@@ -12,10 +12,14 @@ stage (``encoder_stages.4.3.bn``) is added. Decoder: U-Net with nearest x2 upsam
 and ReLU, no normalisation.
 
 Speed: the decoder holds ~88% of the multiply-adds (~255 of ~290 G per 512² image). At inference
-(no autograd) each upsample + 3x3 conv runs as four 2x2 convolutions of the un-upsampled input, and on
-CPU the deep layers run by Winograd (``segment.fastconv``): the same function up to float rounding,
-with about half the multiply-adds. ``DPNUnet.set_fast_decoder(False)`` restores
-the literal computation (the benchmark's re-enactment of the original uses it).
+(no autograd) on CPU each upsample + 3x3 conv runs as four 2x2 convolutions of the un-upsampled input,
+and the deep layers by Winograd (``segment.fastconv``): the same function up to float rounding, with
+about half the multiply-adds (1.4-1.95x faster forwards on 2 cores). Which devices get these forms by
+default is :func:`fast_decoder_default`: CPU only, because they have never been measured on a GPU,
+where cuDNN picks its own algorithms for the literal layers. ``DPNUnet.set_fast_decoder(True)`` opts in
+on any device (on CUDA: the phase form of the upsampling convolutions; Winograd stays CPU-only),
+``set_fast_decoder(False)`` forces the literal computation (the benchmark's re-enactment of the
+original uses it), ``set_fast_decoder(None)`` returns to the per-device default.
 
 Shapes: input ``(N, 3, H, W)`` float, H and W multiples of 32 (the caller pads); output ``(N, 3, H, W)``
 logits. hpacellseg takes ``softmax`` over dim 1 (``DPNUnet.predict_proba``); channel 2 is the interior,
@@ -39,7 +43,9 @@ __all__ = [
     "NETWORK_STRIDE",
     "ENCODER_CHANNELS",
     "DPNUnetOutputs",
+    "FAST_DECODER_DEVICE_TYPES",
     "create_dpn_unet",
+    "fast_decoder_default",
     "load_dpn_unet",
 ]
 
@@ -59,6 +65,24 @@ _BN_EPS = 1e-3
 # benchmarks/bench_fastconv.py on 2 cores (512² input): 1.3-2.5x faster than the direct or phase
 # convolution from 672 input channels; tied at 336, slower at 128 and 64.
 _CPU_WINOGRAD_MIN_CHANNELS = 512
+#: Device types whose decoder runs the derived-kernel forms unless told otherwise: where they were
+#: measured faster (CPU, 2 cores: 1.4-1.95x per forward). CUDA is not among them until a GPU
+#: measurement says so: its default is the literal layers, which cuDNN runs with its own algorithms.
+FAST_DECODER_DEVICE_TYPES = frozenset({"cpu"})
+
+
+def fast_decoder_default(device_type: str) -> bool:
+    """Whether the decoder uses its derived-kernel forms on ``device_type`` ("cpu", "cuda", ...) by default.
+
+    True for the types of :data:`FAST_DECODER_DEVICE_TYPES` (CPU), False elsewhere; the
+    ``set_fast_decoder`` of :class:`DPNUnet` overrides it for one network.
+    """
+    return device_type in FAST_DECODER_DEVICE_TYPES
+
+
+def _fast_forms(setting: bool | None, x: torch.Tensor) -> bool:
+    """A block's ``phase_upsample`` / ``winograd`` setting resolved for input ``x`` (None: per device)."""
+    return fast_decoder_default(x.device.type) if setting is None else setting
 
 
 class DPNUnetOutputs(NamedTuple):
@@ -110,7 +134,8 @@ class _UpConvBlock(nn.Module):
     (``segment.fastconv.phase_upsample_conv``): equal up to float rounding, 2.25x fewer multiply-adds, no
     upsampled copy; on CPU the deep ones compute those by Winograd F(2x2, 2x2). The kernels are derived
     from ``layer.1.weight`` on first use and kept outside the state dict (rebuilt when the weight
-    changes). ``phase_upsample = False`` gives the literal upsample-then-convolve computation.
+    changes). ``phase_upsample``: None (default) decides per device (:func:`fast_decoder_default`),
+    True always takes the phase form, False the literal upsample-then-convolve computation.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -120,7 +145,7 @@ class _UpConvBlock(nn.Module):
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
         )
-        self.phase_upsample = True
+        self.phase_upsample: bool | None = None
         self._kernels = fastconv.DerivedKernels(
             lambda w: fastconv.phase_kernels(w).contiguous(memory_format=torch.channels_last)
         )
@@ -137,7 +162,7 @@ class _UpConvBlock(nn.Module):
         On the phase path the block writes straight into the concatenated tensor, saving a copy.
         """
         conv = self.layer[1]
-        if not (self.phase_upsample and _inference_path(conv.weight, x)):
+        if not (_fast_forms(self.phase_upsample, x) and _inference_path(conv.weight, x)):
             out = self.layer(x)
             return out if skip is None else torch.cat([out, skip], dim=1)
         bias = conv.bias.repeat(4)
@@ -153,6 +178,7 @@ class _ConvBottleneck(nn.Module):
 
     At inference on CPU the deep ones (``_CPU_WINOGRAD_MIN_CHANNELS`` and more input channels) run as
     Winograd F(4x4, 3x3) (``segment.fastconv.winograd_conv3x3``), equal up to float rounding.
+    ``winograd``: None (default) decides per device (:func:`fast_decoder_default`), False never.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -161,7 +187,7 @@ class _ConvBottleneck(nn.Module):
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
         )
-        self.winograd = True
+        self.winograd: bool | None = None
         self._kernels = fastconv.DerivedKernels(fastconv.winograd_kernels)
 
     def forward(self, decoded: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -171,7 +197,7 @@ class _ConvBottleneck(nn.Module):
     def forward_concatenated(self, x: torch.Tensor) -> torch.Tensor:
         """The block on the already concatenated ``[decoder output, skip]``."""
         conv = self.seq[0]
-        if self.winograd and _inference_path(conv.weight, x) and _cpu_winograd(x):
+        if _fast_forms(self.winograd, x) and _inference_path(conv.weight, x) and _cpu_winograd(x):
             return fastconv.winograd_conv3x3(x, self._kernels.get(conv.weight), conv.bias, relu=True)
         return self.seq(x)
 
@@ -272,18 +298,21 @@ class DPNUnet(nn.Module):
         x = self.last_upsample(x)
         return bottleneck_outputs, self.final(x)
 
-    def set_fast_decoder(self, enabled: bool) -> DPNUnet:
-        """Use (True, the default) or not the derived-kernel forms of the decoder at inference.
+    def set_fast_decoder(self, enabled: bool | None) -> DPNUnet:
+        """Use the derived-kernel forms of the decoder at inference: True, False, or None (per device).
 
-        They compute the same function up to float rounding (``segment.fastconv``); False gives the
-        literal computation of the original (nearest upsample, then direct 3x3 convolutions).
-        Returns ``self``.
+        They compute the same function up to float rounding (``segment.fastconv``). None, the
+        default, uses them where :func:`fast_decoder_default` says (CPU, not CUDA); True opts in on
+        every device (on CUDA the phase form of the upsampling convolutions; Winograd is CPU-only);
+        False gives the literal computation of the original (nearest upsample, then direct 3x3
+        convolutions). Returns ``self``.
         """
+        setting = None if enabled is None else bool(enabled)
         for module in self.modules():
             if isinstance(module, _UpConvBlock):
-                module.phase_upsample = bool(enabled)
+                module.phase_upsample = setting
             elif isinstance(module, _ConvBottleneck):
-                module.winograd = bool(enabled)
+                module.winograd = setting
         return self
 
     def forward_intermediates(self, x: torch.Tensor) -> DPNUnetOutputs:

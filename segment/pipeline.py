@@ -6,8 +6,9 @@ part runs per batch -> labelling + cache write per image (in the main process, o
 ``label_workers`` processes so the CPU labelling of batch k overlaps the network on batch k+1)
 -> ``manifest.csv`` is rebuilt at the end.
 
-Robustness: an unreadable image (or one whose labelling raises) is logged with its ID and the
-reason, recorded as "failed" in the cache, and the run goes on. Each image is committed to the
+Robustness: an unreadable image (or one whose labelling raises, or one the network fails on even
+alone after its batch failed, e.g. CUDA out of memory) is logged with its ID and the reason,
+recorded as "failed" in the cache, and the run goes on (exit code 3). Each image is committed to the
 cache as soon as it is labelled, so a killed run loses only the images in flight; re-running
 redoes exactly the missing, failed, stale and corrupt entries.
 """
@@ -80,8 +81,11 @@ def read_ids_csv(path: str | os.PathLike) -> list[str]:
 def resolve_image_scale(images_dir: str | os.PathLike, image_scale: str | float) -> tuple[float, str]:
     """``(image_scale, where it came from)``; ``"auto"`` reads ``world.json`` (a synthetic world).
 
-    ``auto`` looks for ``world.json`` in the images folder's parent, then in the folder itself, and
-    takes its ``"scale"``; without one, 1.0 (real HPA pixels).
+    The image scale is the pixel size of the stored images relative to real HPA full-resolution
+    images. ``auto`` looks for ``world.json`` in the images folder's parent, then in the folder
+    itself, and takes its ``"scale"``; without one, 1.0 (real HPA pixels). A number is needed only
+    for images whose pixels differ from HPA's with no world.json to say so. The resize applied
+    before segmentation follows from it: ``segment.scales.resolve_scale``.
     """
     if image_scale != "auto":
         value = float(image_scale)
@@ -186,23 +190,25 @@ def label_and_write(
     scale: float,
     backend: str,
     params_hash: str,
+    params: dict[str, Any] | None = None,
 ) -> tuple[str, int | None, str | None]:
     """Label one image and commit it to the cache; returns ``(id, n_cells or None, error or None)``.
 
     A labelling error is recorded as a failed entry instead of raised (the run goes on). Cache
-    errors (disk full, bad ID) do raise: the run cannot go on sensibly.
+    errors (disk full, bad ID) do raise: the run cannot go on sensibly. ``params``: the backend's
+    ``key_params()``, recorded readably in the entry.
     """
-    from segment.cache import MaskCache
+    from cellcls.masks import MaskCache
 
     cache = MaskCache(cache_root)
     try:
         nuclei, cells = postprocess(intermediate)
     except Exception as exc:  # noqa: BLE001 - any labelling failure of one image must not end the run
         message = f"image {image_id!r}: segmentation failed: {type(exc).__name__}: {exc}"
-        cache.write_failure(image_id, message, params_hash=params_hash, backend=backend)
+        cache.write_failure(image_id, message, params_hash=params_hash, backend=backend, params=params)
         return image_id, None, message
     cache.write(image_id, cells, nuclei, original_shape=original_shape, scale=scale, backend=backend,
-                params_hash=params_hash)
+                params_hash=params_hash, params=params)
     return image_id, int(len(np.unique(cells)) - (cells.min(initial=0) == 0)), None
 
 
@@ -246,7 +252,12 @@ class _Sink:
 
 @dataclass
 class SegmentSummary:
-    """What a run did. ``seconds`` is wall time of the segmentation loop (after the cache check)."""
+    """What a run did. ``seconds`` is wall time of the segmentation loop (after the cache check).
+
+    ``cell_sizes`` (a ``segment.scales.CellSizes``: per-image cell counts and median areas) and
+    ``warnings`` (from ``segment.scales.check_cell_sizes``) are filled in by the command after the
+    run; :meth:`format` prints the warnings last, each as a ``WARNING:`` line.
+    """
 
     requested: int
     done: int
@@ -257,6 +268,8 @@ class SegmentSummary:
     cache_dir: Path
     failed_ids: list[str] = field(default_factory=list)
     cells: int = 0
+    cell_sizes: Any = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -278,6 +291,9 @@ class SegmentSummary:
         if self.failed_ids:
             shown = ", ".join(self.failed_ids[:10]) + (f" and {len(self.failed_ids) - 10} more" if self.failed > 10 else "")
             lines.append(f"failed IDs: {shown} (reasons in the log and in manifest.csv)")
+        if self.cell_sizes is not None:
+            lines.append(self.cell_sizes.describe())
+        lines.extend(f"WARNING: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -314,18 +330,23 @@ def run_segmentation(
     Returns
     -------
     SegmentSummary
-        Its ``exit_code`` is 3 when some images failed.
+        Its ``exit_code`` is 3 when some images failed. A batch the network fails on (any
+        ``RuntimeError`` of ``backend.predict``, CUDA out of memory included) is retried image by
+        image; an image that fails alone too is recorded as failed and the run goes on.
     """
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from cellcls.io import list_image_ids
-    from segment.cache import MaskCache
+    from cellcls.masks import MaskCache
 
     cache = MaskCache(out_dir)
     all_ids = list(dict.fromkeys(ids)) if ids is not None else list_image_ids(images_dir)
     key = backend.params_hash()
     todo = cache.todo(all_ids, key, overwrite=overwrite)
+    mixing = cache.mixing_warning(key, params=backend.key_params(), replacing=todo)
+    if mixing:
+        log.warning(mixing)
     summary = SegmentSummary(requested=len(all_ids), done=0, skipped=len(all_ids) - len(todo), failed=0,
                              backend=backend.describe(), seconds=0.0, cache_dir=Path(out_dir))
     log.info("%d image(s) requested, %d already cached (key %s...), %d to segment with %s",
@@ -350,13 +371,13 @@ def run_segmentation(
     dataset = SegmentDataset(images_dir, todo, scale=backend.scale, threads=1 if num_workers > 0 else None)
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers)
     sink = _Sink(label_workers, on_done)
-    common = dict(scale=backend.scale, backend=backend.name, params_hash=key)
+    common = dict(scale=backend.scale, backend=backend.name, params_hash=key, params=backend.key_params())
     start = time.perf_counter()
     try:
         with logging_redirect_tqdm():  # log lines above the bar, not through it
             for records in loader:
                 segment_records(records, backend, submit=sink.submit, cache=cache, common=common,
-                                on_read_error=lambda image_id, error: on_done((image_id, None, error)))
+                                on_failure=lambda image_id, error: on_done((image_id, None, error)))
             sink.close()
     except BaseException:
         sink.close(cancel=True)
@@ -373,24 +394,85 @@ def segment_records(
     backend: Any,
     *,
     submit: Callable[..., None],
-    on_read_error: Callable[[str, str], None],
+    on_failure: Callable[[str, str], None],
     cache: Any,
     common: dict[str, Any],
 ) -> None:
-    """One batch: record read errors as failed entries, run the device part, hand each image to ``submit``.
+    """One batch: record failures, run the device part, hand each segmentable image to ``submit``.
 
+    An unreadable image, or one the network fails on (see :func:`_predict_or_retry`: a failed batch
+    is retried image by image), is written to the cache as "failed" and reported through
+    ``on_failure(image_id, message)``; the other images of the batch go on.
     ``submit(postprocess, cache_root, image_id, intermediate, original_shape=, scale=, backend=,
-    params_hash=)`` takes :func:`label_and_write`'s arguments. Shared by the plain loop and the
+    params_hash=, params=)`` takes :func:`label_and_write`'s arguments. Shared by the plain loop and the
     Lightning ``predict_step``.
     """
+
+    def fail(image_id: str, message: str) -> None:
+        cache.write_failure(image_id, message, params_hash=common["params_hash"], backend=common["backend"],
+                            params=common.get("params"))
+        on_failure(image_id, message)
+
     good = [r for r in records if r.error is None]
     for r in records:
         if r.error is not None:
-            cache.write_failure(r.image_id, r.error, params_hash=common["params_hash"], backend=common["backend"])
-            on_read_error(r.image_id, r.error)
+            fail(r.image_id, r.error)
     if not good:
         return
-    intermediates = backend.predict([r.image for r in good])
     postprocess = backend.postprocess_fn()
-    for r, intermediate in zip(good, intermediates):
-        submit(postprocess, str(cache.root), r.image_id, intermediate, original_shape=r.original_shape, **common)
+    for r, intermediate, error in _predict_or_retry(backend, good):
+        if error is not None:
+            fail(r.image_id, error)
+        else:
+            submit(postprocess, str(cache.root), r.image_id, intermediate, original_shape=r.original_shape,
+                   **common)
+
+
+def _predict_or_retry(
+    backend: Any, records: Sequence[ImageRecord]
+) -> list[tuple[ImageRecord, Any, str | None]]:
+    """``backend.predict`` on a batch; if it raises, once more image by image (batch 1).
+
+    Catches ``RuntimeError``, which covers the backend's device errors (``torch.cuda.OutOfMemoryError``
+    among them; after one the CUDA cache is emptied before the next try). Returns one
+    ``(record, intermediate, None)`` per image, or ``(record, None, message)`` for an image that
+    failed on its own too; the message names the ID and the error.
+    """
+    intermediates, error = _try_predict(backend, [r.image for r in records])
+    if intermediates is not None:
+        return [(r, intermediate, None) for r, intermediate in zip(records, intermediates)]
+    log.warning("network failed on a batch of %d image(s) (%s): %s; retrying them one by one",
+                len(records), ", ".join(r.image_id for r in records), error)
+    outcomes: list[tuple[ImageRecord, Any, str | None]] = []
+    for r in records:
+        alone, error = _try_predict(backend, [r.image])
+        if alone is None:
+            outcomes.append((r, None, f"image {r.image_id!r}: network failed on it, also alone: {error}"))
+        else:
+            outcomes.append((r, alone[0], None))
+    return outcomes
+
+
+def _try_predict(backend: Any, images: list[np.ndarray]) -> tuple[list[Any] | None, str | None]:
+    """``(intermediates, None)``, or ``(None, "Type: message")`` when ``predict`` raised a RuntimeError.
+
+    After a CUDA out-of-memory error the allocator's cached blocks are released before returning.
+    """
+    try:
+        return list(backend.predict(images)), None
+    except RuntimeError as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        out_of_memory = _is_cuda_out_of_memory(exc)
+    # Outside the except block, so the traceback (and the tensors its frames hold) is already freed.
+    if out_of_memory:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return None, message
+
+
+def _is_cuda_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from cellcls.registry import Registry
 
 __all__ = [
+    "PREPROCESS_VERSION",
     "NORMALIZE_MEAN",
     "NORMALIZE_STD",
     "PAD_MULTIPLE",
@@ -48,6 +49,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PREPROCESS_VERSION = 1
+"""Version of the steps between the stored image and the probability maps: the reader's INTER_AREA
+resize (``cellcls.io.read_image_resized``), channel choice, unit scaling, normalisation, padding,
+TTA merge and uint8 quantisation. Part of the hpa backend's cache key: bump it whenever one of them
+changes its output, so caches made before are redone."""
 
 # hpacellseg normalises with these per-channel means and one std for all channels.
 NORMALIZE_MEAN: tuple[float, float, float] = (124 / 255, 117 / 255, 104 / 255)

@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cellcls.cli import Command
+from cellcls.cli import Command, add_deprecated_alias, add_progress_option, progress_enabled
 
 __all__ = ["score_masks", "SEGMENT_SCORE"]
 
@@ -22,18 +22,23 @@ def score_masks(masks_dir: str | Path, truth_dir: str | Path, *, iou_threshold: 
     """Pooled and per-image cell F1 of every "ok" cache entry that has a truth map.
 
     Returns ``{"tp", "fp", "fn", "precision", "recall", "f1", "n_images", "per_image": {ID: f1}}``.
-    Raises CacheError when the cache holds no usable entry with a truth map.
+    Raises CacheError when the cache holds no usable entry with a truth map, ParameterError (a
+    ValueError) when ``iou_threshold`` is not in (0, 1].
     """
+    if not 0.0 < iou_threshold <= 1.0:  # also False for NaN
+        from cellcls.errors import ParameterError
+
+        raise ParameterError(f"iou_threshold must be a number in (0, 1], got {iou_threshold!r}")
     import cv2
     from tqdm import tqdm
 
     from cellcls.errors import CacheError, ImageError
+    from cellcls.masks import MaskCache
 
-    from .cache import MaskCache
     from .evaluate import cell_f1
 
-    cache = MaskCache(masks_dir)
-    ids = cache.ok_ids()
+    cache = MaskCache(masks_dir).reader()  # refuses a missing, empty or mixed cache
+    ids = cache.ids()
     truth_dir = Path(truth_dir)
     totals = {"tp": 0.0, "fp": 0.0, "fn": 0.0}
     per_image: dict[str, float] = {}
@@ -69,20 +74,22 @@ def score_masks(masks_dir: str | Path, truth_dir: str | Path, *, iou_threshold: 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", required=True, metavar="MASKDIR", help="mask cache written by 'cellcls segment'")
     parser.add_argument("--truth", required=True, metavar="DIR", help="folder of true maps {ID}_cells.png")
-    parser.add_argument("--iou", type=float, default=0.6, help="IoU for a match (default 0.6, as the metric)")
+    iou = parser.add_argument("--iou-threshold", type=float, default=0.6,
+                              help="mask IoU for a match, inclusive, in (0, 1] (default 0.6, as the metric)")
+    add_deprecated_alias(parser, "--iou", iou, since="0.1.0", removed_in="0.3")
     parser.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    result = score_masks(args.masks, args.truth, iou_threshold=args.iou, progress=not args.no_progress)
+    result = score_masks(args.masks, args.truth, iou_threshold=args.iou_threshold, progress=progress_enabled(args))
     worst = sorted(result["per_image"].items(), key=lambda kv: kv[1])[:3]
     print(f"cells: {result['tp']} matched, {result['fp']} false, {result['fn']} missed over "
           f"{result['n_images']} images")
     print(f"precision {result['precision']:.3f}  recall {result['recall']:.3f}  F1 {result['f1']:.3f} "
-          f"(IoU >= {args.iou})")
+          f"(IoU >= {args.iou_threshold})")
     print("worst images: " + ", ".join(f"{i} {f:.2f}" for i, f in worst))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

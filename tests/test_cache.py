@@ -1,9 +1,11 @@
-"""Tests of segment.cache: round trips, upscaling, todo() states, crash safety, concurrent writers."""
+"""Tests of cellcls.masks (the mask cache): identity of a cache, round trips, upscaling, todo() states, crash safety, concurrent writers."""
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pandas as pd
 import pytest
 
 from cellcls.errors import CacheError
-from segment.cache import CACHE_VERSION, MANIFEST_COLUMNS, MaskCache, upscale_labels
+from cellcls.masks import CACHE_VERSION, MANIFEST_COLUMNS, MaskCache, upscale_labels
 
 KEY = "w:sha256-abc|p:1234"
 OTHER_KEY = "w:sha256-abc|p:9999"
@@ -38,10 +40,12 @@ def label_maps(height: int, width: int, *, seed: int, first_id: int = 1) -> tupl
     return cells, nuclei
 
 
-def write_entry(cache: MaskCache, image_id: str, *, seed: int = 0, key: str = KEY, shape=(64, 48), scale=0.25):
+def write_entry(cache: MaskCache, image_id: str, *, seed: int = 0, key: str = KEY, shape=(64, 48), scale=0.25,
+                params=None):
     cells, nuclei = label_maps(*shape, seed=seed)
     original = (round(shape[0] / scale), round(shape[1] / scale))
-    cache.write(image_id, cells, nuclei, original_shape=original, scale=scale, backend=BACKEND, params_hash=key)
+    cache.write(image_id, cells, nuclei, original_shape=original, scale=scale, backend=BACKEND, params_hash=key,
+                params=params)
     return cells, nuclei
 
 
@@ -64,6 +68,7 @@ def test_round_trip_uint16_keeps_maps_metadata_and_inputs(tmp_path):
     np.testing.assert_array_equal(entry.nuclei, nuclei)
     assert entry.original_shape == (1728, 1536) and entry.seg_shape == (432, 384)
     assert entry.scale == 0.25 and entry.backend == BACKEND and entry.params_hash == KEY
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}", entry.mask_key)
     assert entry.n_cells == len(np.unique(cells)) - 1  # distinct ids, not the max id (ids have gaps)
     assert entry.n_cells < cells.max()
     assert not entry.upscaled
@@ -152,6 +157,9 @@ def test_entry_of_another_cache_version_is_stale(tmp_path):
     assert cache.todo(["img"], KEY) == ["img"]
     with pytest.raises(CacheError, match="cache version"):
         cache.read("img")
+    assert cache.ok_ids() == []
+    with pytest.raises(CacheError, match=f"cache format version {CACHE_VERSION + 1}.*cellcls segment --out"):
+        cache.reader()
 
 
 def _truncate(path: Path) -> None:
@@ -408,3 +416,226 @@ def test_two_writer_processes_fill_one_cache(tmp_path):
     for image_id in ids[:: 5]:
         expected, _ = label_maps(64, 48, seed=int(image_id.split("-")[1]))
         np.testing.assert_array_equal(cache.read(image_id).cells, expected)
+
+
+# --------------------------------------------------------------------- one identity per cache
+SCALE_1 = "p" * 63 + "1"  # two real-looking 64-hex keys (only their parameters differ)
+SCALE_HALF = "p" * 63 + "2"
+PARAMS_1 = {"backend": "classical", "scale": 1.0, "image_scale": 0.25, "label_params": "ab" * 32}
+PARAMS_HALF = {**PARAMS_1, "scale": 0.5, "label_params": "cd" * 32}  # scaled labelling: another digest
+
+
+def mixed_cache(root: Path) -> MaskCache:
+    """3 entries at scale 1 and 2 at scale 0.5 (as `segment --scale 1` then `--scale 0.5 --ids ...` leave)."""
+    cache = MaskCache(root)
+    for i in range(3):
+        write_entry(cache, f"one-{i}", seed=i, key=SCALE_1, scale=1.0, params=PARAMS_1)
+    for i in range(2):
+        write_entry(cache, f"half-{i}", seed=10 + i, key=SCALE_HALF, scale=0.5, params=PARAMS_HALF)
+    return cache
+
+
+def test_a_mixed_scale_cache_is_refused_naming_both_parameter_sets(tmp_path):
+    cache = mixed_cache(tmp_path / "masks")
+    for open_it in (cache.reader, cache.ok_ids):
+        with pytest.raises(CacheError) as info:
+            open_it()
+        message = str(info.value)
+        assert "\n" not in message
+        assert "3 entries with backend classical, scale 1, image_scale 0.25" in message
+        assert "2 entries with backend classical, scale 0.5, image_scale 0.25" in message
+        assert "differ in scale." in message and "label_params" not in message  # the readable difference
+        assert f"cellcls segment --out {tmp_path / 'masks'} --overwrite" in message
+        assert "one folder per parameter set" in message
+
+
+def test_sets_that_differ_only_in_a_digest_name_it(tmp_path):
+    cache = MaskCache(tmp_path)
+    for i, weights in enumerate(["a" * 64, "b" * 64]):
+        write_entry(cache, f"img-{i}", key=f"key-{i}",
+                    params={"backend": "hpa", "scale": 0.25, "weights_sha256": {"cell": weights, "nuclei": "n" * 8}})
+    with pytest.raises(CacheError, match=r"weights_sha256.cell aaaaaaaaaaaa\.\.\. .*"
+                                         r"weights_sha256.cell bbbbbbbbbbbb\.\.\. .*differ in weights_sha256.cell\. "):
+        cache.reader()
+
+
+def test_a_homogeneous_cache_reads_fine(tmp_path):
+    cache = MaskCache(tmp_path)
+    expected = {i: write_entry(cache, i, seed=n, key=SCALE_1, scale=1.0, params=PARAMS_1)[0]
+                for n, i in enumerate(["b", "a", "c"])}
+    cache.write_failure("d", "unreadable PNG", params_hash=SCALE_1, backend="classical", params=PARAMS_1)
+    reader = cache.reader()
+    assert reader.ids() == ["a", "b", "c"] == cache.ok_ids() and len(reader) == 3 and "d" not in reader
+    assert reader.params_hash == SCALE_1 and reader.params == PARAMS_1 and reader.scale == 1.0
+    assert "scale 1, image_scale 0.25" in reader.describe()
+    for image_id, cells in expected.items():
+        np.testing.assert_array_equal(reader.read(image_id).cells, cells)
+    assert cache.reader(params_hash=SCALE_1).ids() == reader.ids()
+
+
+def test_an_expected_key_reads_only_its_entries_and_refuses_others(tmp_path):
+    cache = mixed_cache(tmp_path)
+    half = cache.reader(params_hash=SCALE_HALF)
+    assert half.ids() == ["half-0", "half-1"] == cache.ok_ids(params_hash=SCALE_HALF)
+    assert half.read("half-1").scale == 0.5
+    with pytest.raises(CacheError, match="one-0.*stale.*params_hash"):
+        half.read("one-0")
+    with pytest.raises(CacheError) as info:
+        cache.reader(params_hash="q" * 64)
+    message = str(info.value)
+    assert "no entry made with the expected parameters" in message and "qqqqqqqqqqqq" in message
+    assert "3 with backend classical, scale 1" in message and "2 with backend classical, scale 0.5" in message
+
+
+def test_a_reader_refuses_an_entry_rewritten_under_another_key_after_opening(tmp_path):
+    cache = MaskCache(tmp_path)
+    write_entry(cache, "a", seed=1, key=SCALE_1, params=PARAMS_1)
+    reader = cache.reader()
+    write_entry(cache, "a", seed=1, key=SCALE_HALF, params=PARAMS_HALF)
+    with pytest.raises(CacheError, match="stale"):
+        reader.read("a")
+
+
+def test_mask_key_is_stable_and_follows_data_and_parameters(tmp_path):
+    cache = MaskCache(tmp_path / "one")
+    write_entry(cache, "img", seed=1)
+    key = cache.read("img").mask_key
+    assert cache.read("img").mask_key == key == cache.read("img", upscale=True).mask_key == cache.reader().read("img").mask_key
+    assert cache.manifest().loc[0, "mask_key"] == key
+    cache.write_manifest()
+    assert cache.manifest().loc[0, "mask_key"] == key  # also from manifest.csv
+
+    time.sleep(0.01)
+    write_entry(cache, "img", seed=1)  # the same maps written again, later: same identity
+    assert cache.read("img").mask_key == key
+    other = MaskCache(tmp_path / "two")
+    write_entry(other, "img", seed=1, shape=(64, 48))
+    assert other.read("img").mask_key == key  # another folder, same maps and key
+
+    write_entry(cache, "img", seed=2)
+    changed_data = cache.read("img").mask_key
+    write_entry(cache, "img", seed=1, key=OTHER_KEY)  # OTHER_KEY shares KEY's first 12 characters
+    changed_params = cache.read("img").mask_key
+    assert len({key, changed_data, changed_params}) == 3
+    assert changed_data.split("-")[0] == key.split("-")[0] and changed_params.split("-")[1] == key.split("-")[1]
+
+
+_OPENED: list[str] | None = None
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_record_opens)  # audit hooks cannot be removed; it records only inside the test below
+
+
+def test_reading_an_entry_opens_its_data_file_once(tmp_path):
+    global _OPENED
+    cache = MaskCache(tmp_path)
+    cells, _ = write_entry(cache, "img", seed=1)
+    data = str(cache.data_path("img"))
+    for upscale in (False, True):
+        _OPENED = []
+        try:
+            entry = cache.read("img", upscale=upscale)
+        finally:
+            opened, _OPENED = _OPENED, None
+        assert opened.count(data) == 1, opened
+    np.testing.assert_array_equal(entry.cells, cv2.resize(cells, (192, 256), interpolation=cv2.INTER_NEAREST))
+
+
+def test_writers_record_readable_params_and_refuse_non_json_ones(tmp_path):
+    cache = MaskCache(tmp_path)
+    params = {"backend": "hpa", "scale": 0.25, "weights_sha256": {"cell": "c" * 64}}
+    write_entry(cache, "img", params=params)
+    params["scale"] = 9.0  # the cache kept its own copy
+    sidecar = json.loads(cache.sidecar_path("img").read_text())
+    assert sidecar["params"] == {"backend": "hpa", "scale": 0.25, "weights_sha256": {"cell": "c" * 64}}
+    assert sidecar["mask_key"] == cache.read("img").mask_key
+    with pytest.raises(CacheError, match="JSON"):
+        write_entry(cache, "bad", params={"scale": np.float32(0.25)})
+    with pytest.raises(CacheError, match="JSON"):
+        cache.write_failure("bad", "boom", params_hash=KEY, backend=BACKEND, params={"x": object()})
+    assert cache.ids() == ["img"]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda root: None, "does not exist"),
+    (lambda root: root.mkdir(), "holds no entries"),
+    (lambda root: MaskCache(root).write_failure("a", "boom", params_hash=KEY, backend=BACKEND),
+     r"no usable entry \(1 failed"),
+])
+def test_a_missing_or_empty_cache_folder_is_named(tmp_path, make, match):
+    root = tmp_path / "masks"
+    make(root)
+    with pytest.raises(CacheError, match=match) as info:
+        MaskCache(root).reader()
+    assert str(root) in str(info.value) and "cellcls segment" in str(info.value)
+
+
+def test_commands_refuse_a_missing_or_mixed_cache_with_one_line(tmp_path, capsys):
+    from cellcls.cli import main
+
+    mixed = mixed_cache(tmp_path / "mixed")
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ID,ImageWidth,ImageHeight,PredictionString\none-0,48,64,0 1 eNoLCAgIMAEABJkBdQ==\n")
+    labels = tmp_path / "train.csv"
+    labels.write_text("ID,Label\nx,0|1\ny,2\n")
+    code = main(["prior-submission", "--masks", str(mixed.root), "--sample", str(sample), "--labels", str(labels),
+                 "--out", str(tmp_path / "sub.csv"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "mixes 2 parameter sets" in err and "scale 0.5" in err
+    assert not (tmp_path / "sub.csv").exists()
+
+    missing = tmp_path / "nonexistent"
+    assert main(["segment-score", "--masks", str(missing), "--truth", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"mask cache folder {missing} does not exist" in err
+
+
+# --------------------------------------------------------------------- the segment stage's key and warning
+def test_hpa_key_holds_the_preprocessing_version_and_classical_its_method_version(monkeypatch):
+    from torch import nn
+
+    import segment.classical
+    import segment.predict
+    from segment.backends import ClassicalBackend, HpaBackend
+
+    hpa = HpaBackend.from_networks(nn.Identity(), nn.Identity(), weights_id="w", scale=0.25)
+    classical = ClassicalBackend(scale=1.0, image_scale=0.25)
+    before = hpa.params_hash(), classical.params_hash()
+    assert hpa.key_params()["preprocess_version"] == segment.predict.PREPROCESS_VERSION
+    monkeypatch.setattr(segment.predict, "PREPROCESS_VERSION", segment.predict.PREPROCESS_VERSION + 1)
+    monkeypatch.setattr(segment.classical, "_BACKEND_VERSION", "classical/999")
+    assert hpa.params_hash() != before[0] and classical.params_hash() != before[1]
+    json.dumps(hpa.key_params()), json.dumps(classical.key_params())  # recorded as JSON in the sidecars
+
+
+def test_a_run_that_would_mix_the_folder_warns_and_a_full_rerun_does_not(tmp_path, caplog):
+    from cellcls.synth import generate_world
+    from segment.backends import ClassicalBackend
+    from segment.pipeline import run_segmentation
+
+    generate_world(tmp_path / "world", n_train=3, n_test=0, size_px=128, seed=2, progress=False)
+    images, out = tmp_path / "world" / "train", tmp_path / "masks"
+    ids = sorted(p.name[: -len("_red.png")] for p in images.glob("*_red.png"))
+    one, half = ClassicalBackend(scale=1.0, image_scale=0.25), ClassicalBackend(scale=0.5, image_scale=0.25)
+    run_segmentation(images, out, one, num_workers=0, progress=False)
+    assert MaskCache(out).reader().params == one.key_params()
+
+    caplog.set_level("WARNING", logger="segment.pipeline")
+    run_segmentation(images, out, half, ids=ids[:1], num_workers=0, progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "holds 2 entries made with backend classical, scale 1" in warnings[0]
+    assert "this run (backend classical, scale 0.5" in warnings[0] and "will refuse it" in warnings[0]
+    with pytest.raises(CacheError, match="mixes 2 parameter sets"):
+        MaskCache(out).reader()
+
+    caplog.clear()
+    run_segmentation(images, out, half, num_workers=0, progress=False)  # every image at scale 0.5 now
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    reader = MaskCache(out).reader()
+    assert reader.ids() == ids and reader.scale == 0.5 and reader.params_hash == half.params_hash()

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from cellcls.cli import run_command
+from cellcls.masks import MaskCache
 from segment.backends import ClassicalBackend, HpaBackend, resolve_backend
-from segment.cache import MaskCache
 from segment.command import SEGMENT
 from segment.pipeline import EXIT_FAILURES, read_ids_csv, resolve_image_scale, run_segmentation
 

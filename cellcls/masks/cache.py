@@ -1,22 +1,35 @@
-"""On-disk cache of segmentation label maps, one entry per image ID.
+"""On-disk cache of segmentation label maps, one entry per image ID: a core contract.
 
-The only module of the segment stage that touches disk for masks.
+The segment stage writes it; every later stage reads it through :meth:`MaskCache.reader`, which
+guarantees one parameter set per cache. This package is the only code that touches disk for masks.
 
 Layout of a cache folder ``ROOT``::
 
     ROOT/{ID}.npz       cell and nuclei label maps at segmentation scale (np.savez_compressed,
                         arrays ``cells`` and ``nuclei``, (h, w) uint16, or uint32 when an id > 65535)
-    ROOT/{ID}.json      sidecar: the entry's metadata; written last, it is what makes the entry exist
+    ROOT/{ID}.json      sidecar: the entry's metadata (the manifest columns incl. ``mask_key``, the
+                        ``params`` the key was built from, ``labels_sha256``, the data file's size and
+                        SHA-256); written last, it is what makes the entry exist
     ROOT/manifest.csv   one row per sidecar, rebuilt from the sidecars by ``write_manifest()``
 
 Label maps: 0 = background, cells 1..N; the nuclei map uses the id of the cell that holds the
 nucleus. Both maps are stored at segmentation scale (h, w) ~= (H * scale, W * scale) where (H, W)
 is the original image size; ``read(..., upscale=True)`` returns them at (H, W), nearest neighbour,
-pixel for pixel equal to ``cv2.resize(labels, (W, H), interpolation=cv2.INTER_NEAREST)``.
+pixel for pixel equal to ``cv2.resize(labels, (W, H), interpolation=cv2.INTER_NEAREST)``. A read
+loads the data file once: the bytes are checked against the sidecar, then decoded from memory.
 
 Key: an entry is valid for one ``params_hash``, an opaque string the caller builds from the
 weights checksum (or the backend name of a weight-free backend) and the segmentation parameters.
-An entry written under another ``params_hash`` or another ``CACHE_VERSION`` is "stale".
+An entry written under another ``params_hash`` or another ``CACHE_VERSION`` is "stale". The writer
+also records the human-readable ``params`` the key was built from (e.g. the backend's key
+ingredients), which is what error messages show.
+
+Identity: a cache holds one parameter set. :meth:`MaskCache.reader` refuses a folder whose "ok"
+entries were written under more than one ``params_hash`` (the message names each set, e.g. scale
+0.5 vs 1, and how many entries it has), or, given an expected key, reads only that key's entries.
+Each entry has a ``mask_key`` (``{params}-{labels}``, see :func:`make_mask_key`): the same for the
+same label maps under the same key, whenever and however they were written; every artefact derived
+from an entry (cell tables, scores, submissions) records it.
 
 Crash and concurrency safety: every file is written to a unique temporary file in the same folder,
 fsynced, then renamed over the target (``os.replace``). The data file goes first, the sidecar
@@ -32,53 +45,77 @@ and both maps in one file, which keeps a write to two renames.
 """
 from __future__ import annotations
 
-__all__ = ["CACHE_VERSION", "MANIFEST_COLUMNS", "STATUSES", "CacheEntry", "MaskCache", "upscale_labels"]
+__all__ = [
+    "CACHE_VERSION",
+    "MANIFEST_COLUMNS",
+    "STATUSES",
+    "CacheEntry",
+    "MaskCache",
+    "ParameterSet",
+    "make_mask_key",
+    "upscale_labels",
+]
 
 import hashlib
 import io
-import json
 import logging
 import os
-import re
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import numpy as np
 
 from cellcls import __version__ as CELLCLS_VERSION
 from cellcls.errors import CacheError
 
+from ._files import (
+    ID_PATTERN,
+    TEMP_SUFFIX,
+    UINT16_MAX,
+    as_label_map,
+    atomic_write,
+    check_geometry,
+    check_id,
+    check_key,
+    json_params,
+    read_sidecar,
+    to_json,
+)
+from ._identity import ParameterSet, labels_digest, make_mask_key, mixed_cache_message
+
+if TYPE_CHECKING:
+    from .reader import CacheReader
+
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-"""Format version of the entries; entries written under another version are "stale"."""
+CACHE_VERSION = 2
+"""Format version of the entries; entries written under another version are "stale".
+
+2: sidecars record ``params``, ``labels_sha256`` and ``mask_key`` (manifest column ``mask_key``).
+"""
 
 STATUSES = ("ok", "missing", "stale", "failed", "corrupt")
 """Every value ``MaskCache.status`` can return."""
 
 MANIFEST_COLUMNS = (
     "ID", "status", "error", "original_height", "original_width", "seg_height", "seg_width", "scale",
-    "n_cells", "backend", "params_hash", "dtype", "cache_version", "cellcls_version", "written_at",
+    "n_cells", "backend", "params_hash", "mask_key", "dtype", "cache_version", "cellcls_version", "written_at",
 )
 """Columns of ``MaskCache.manifest()`` and ``manifest.csv``, in order."""
 
 _INT_COLUMNS = ("original_height", "original_width", "seg_height", "seg_width", "n_cells", "cache_version")
-_TEXT_COLUMNS = ("ID", "status", "error", "backend", "params_hash", "dtype", "cellcls_version", "written_at")
-_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_TEXT_COLUMNS = ("ID", "status", "error", "backend", "params_hash", "mask_key", "dtype", "cellcls_version",
+                 "written_at")
 _DATA_SUFFIX = ".npz"
 _SIDECAR_SUFFIX = ".json"
 _MANIFEST_NAME = "manifest.csv"
-_TEMP_SUFFIX = ".tmp"
 # A temp file older than this belongs to a writer that was killed, not to one still running.
 _STALE_TEMP_AGE_S = 3600.0
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
-_UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
 @dataclass(frozen=True)
@@ -101,6 +138,9 @@ class CacheEntry:
         Number of distinct non-zero ids in ``cells``.
     backend, params_hash : str
         What produced the maps and under which key.
+    mask_key : str
+        Identity of the entry (parameters + label maps, see :func:`make_mask_key`); stable across
+        reads, recorded by everything derived from the entry.
     upscaled : bool
         Whether ``cells``/``nuclei`` are at (H, W).
     """
@@ -114,7 +154,17 @@ class CacheEntry:
     n_cells: int
     backend: str
     params_hash: str
+    mask_key: str
     upscaled: bool
+
+
+class _Check(NamedTuple):
+    """Outcome of checking one entry: status, sidecar dict, problem text, data bytes (when read)."""
+
+    status: str
+    meta: dict[str, Any] | None = None
+    problem: str | None = None
+    payload: bytes | None = None
 
 
 def upscale_labels(labels: np.ndarray, original_shape: tuple[int, int]) -> np.ndarray:
@@ -157,13 +207,20 @@ class MaskCache:
 
     Examples
     --------
+    Writing (the segment stage):
+
     >>> cache = MaskCache(tmp_path)                                   # doctest: +SKIP
     >>> for image_id in cache.todo(ids, key):                         # doctest: +SKIP
     ...     cache.write(image_id, cells, nuclei, original_shape=(2048, 2048), scale=0.25,
-    ...                 backend="hpacellseg", params_hash=key)
+    ...                 backend="hpa", params_hash=key, params={"scale": 0.25, ...})
     >>> cache.write_manifest()                                        # doctest: +SKIP
-    >>> cache.read(image_id, upscale=True).cells.shape                # doctest: +SKIP
-    (2048, 2048)
+
+    Reading (every later stage): one parameter set, or a CacheError saying why not.
+
+    >>> reader = MaskCache(tmp_path).reader()                         # doctest: +SKIP
+    >>> entry = reader.read(reader.ids()[0], upscale=True)            # doctest: +SKIP
+    >>> entry.cells.shape, entry.mask_key                             # doctest: +SKIP
+    ((2048, 2048), '3f1c0a9e2b7d-8c41d0e5f6a2')
     """
 
     def __init__(self, root: Path | str) -> None:
@@ -175,28 +232,79 @@ class MaskCache:
     # ----------------------------------------------------------------- paths
     def data_path(self, image_id: str) -> Path:
         """Path of the ``.npz`` holding the maps of ``image_id``."""
-        return self.root / f"{_check_id(image_id)}{_DATA_SUFFIX}"
+        return self.root / f"{check_id(image_id)}{_DATA_SUFFIX}"
 
     def sidecar_path(self, image_id: str) -> Path:
         """Path of the ``.json`` sidecar of ``image_id``."""
-        return self.root / f"{_check_id(image_id)}{_SIDECAR_SUFFIX}"
+        return self.root / f"{check_id(image_id)}{_SIDECAR_SUFFIX}"
 
     @property
     def manifest_path(self) -> Path:
         return self.root / _MANIFEST_NAME
+
+    # ----------------------------------------------------------------- identity
+    def reader(self, *, params_hash: str | None = None) -> "CacheReader":
+        """Open the cache for reading ONE parameter set.
+
+        Parameters
+        ----------
+        params_hash : the expected key. Given, only that key's entries are listed and read; entries
+            of other keys are refused. None: the cache must be homogeneous (every "ok" entry of the
+            current format shares one ``params_hash``), and that key is used.
+
+        Raises
+        ------
+        CacheError
+            The folder does not exist or holds no entry; no "ok" entry has the expected key; or,
+            without an expected key, the "ok" entries mix parameter sets (the message names each
+            set readably, e.g. ``scale 0.5`` vs ``scale 1``, with its number of entries, and says
+            how to fix it) or include entries of an older cache format.
+        """
+        from .reader import open_reader
+
+        return open_reader(self, params_hash=params_hash)
+
+    def parameter_sets(self) -> list[ParameterSet]:
+        """The "ok" entries of the current format, grouped by ``params_hash``, largest set first."""
+        from .reader import parameter_sets
+
+        return parameter_sets(self)
+
+    def mixing_warning(self, params_hash: str, *, params: dict[str, Any] | None = None,
+                       replacing: Iterable[str] = ()) -> str | None:
+        """Text of the warning due when a run writing ``params_hash`` would leave the folder mixed.
+
+        Parameters
+        ----------
+        params_hash : key of the entries the run writes.
+        params : their human-readable parameters (for the message).
+        replacing : IDs the run (re)writes; entries of other keys among them are replaced.
+
+        Returns None when, after the run, every "ok" entry would share ``params_hash``.
+        """
+        from .reader import mixing_warning
+
+        return mixing_warning(self, params_hash, params=params, replacing=replacing)
 
     # ----------------------------------------------------------------- queries
     def ids(self) -> list[str]:
         """Sorted IDs that have a sidecar (any status: ok, failed, or unreadable)."""
         return sorted(self._sidecar_files())
 
-    def ok_ids(self) -> list[str]:
-        """Sorted IDs whose entry was written successfully (status "ok" in the sidecars).
+    def ok_ids(self, *, params_hash: str | None = None) -> list[str]:
+        """Sorted IDs whose entry was written successfully under one parameter set.
 
-        What readers of a finished cache iterate over; :meth:`read` still verifies each data file.
+        With ``params_hash``, that key's "ok" entries (of the current format); without, the "ok"
+        entries of a homogeneous cache. Never silently mixes keys: a cache whose "ok" entries come
+        from several parameter sets raises CacheError naming them. :meth:`read` still verifies
+        each data file. An empty or absent folder gives ``[]`` (:meth:`reader` raises instead).
         """
-        manifest = self.manifest()
-        return sorted(manifest.loc[manifest["status"] == "ok", "ID"].astype(str))
+        sets = self.parameter_sets()
+        if params_hash is not None:
+            return next((list(s.ids) for s in sets if s.params_hash == params_hash), [])
+        if len(sets) > 1:
+            raise CacheError(mixed_cache_message(self.root, sets))
+        return list(sets[0].ids) if sets else []
 
     def status(self, image_id: str, params_hash: str) -> str:
         """State of the entry of ``image_id`` for the key ``params_hash``.
@@ -206,8 +314,8 @@ class MaskCache:
         or data file unreadable, absent, or not the bytes the sidecar recorded), "ok". The data
         file is checked against its recorded size and SHA-256 (one read, no decompression).
         """
-        _check_key(image_id, params_hash=params_hash)
-        return self._status(image_id, params_hash)[0]
+        check_key(image_id, params_hash=params_hash)
+        return self._check(image_id, params_hash).status
 
     def todo(self, ids: Iterable[str], params_hash: str, *, overwrite: bool = False) -> list[str]:
         """IDs among ``ids`` to (re)segment: every one not "ok"; every one if ``overwrite``.
@@ -216,21 +324,22 @@ class MaskCache:
         """
         from tqdm import tqdm
 
-        _check_key("todo", params_hash=params_hash)
-        unique = list(dict.fromkeys(_check_id(i) for i in ids))
+        check_key("todo", params_hash=params_hash)
+        unique = list(dict.fromkeys(check_id(i) for i in ids))
         if overwrite:
             return unique
         checks = tqdm(unique, desc="checking mask cache", unit="image", file=sys.stderr,
                       disable=len(unique) < 2000)
-        return [i for i in checks if self._status(i, params_hash)[0] != "ok"]
+        return [i for i in checks if self._check(i, params_hash).status != "ok"]
 
     def read(self, image_id: str, *, upscale: bool = False, params_hash: str | None = None) -> CacheEntry:
-        """Load the maps of ``image_id``.
+        """Load the maps of ``image_id``; the data file is read once (checksum, then decoded from memory).
 
         Parameters
         ----------
         upscale : return the maps at the original (H, W) (see ``upscale_labels``) instead of (h, w).
-        params_hash : when given, an entry written under another key is refused.
+        params_hash : when given, an entry written under another key is refused. Readers of a
+            whole cache use :meth:`reader`, which fixes the key for every read.
 
         Raises
         ------
@@ -239,11 +348,12 @@ class MaskCache:
             message names the ID and file and the command that builds the entry.
         """
         if params_hash is not None:
-            _check_key(image_id, params_hash=params_hash)
-        status, meta, problem = self._status(image_id, params_hash)
-        if status != "ok":
-            raise CacheError(self._read_error(image_id, status, problem))
-        cells, nuclei = self._load_arrays(image_id, meta)
+            check_key(image_id, params_hash=params_hash)
+        check = self._check(image_id, params_hash)
+        if check.status != "ok":
+            raise CacheError(self._read_error(image_id, check.status, check.problem))
+        meta = check.meta
+        cells, nuclei = self._load_arrays(image_id, meta, check.payload)
         original_shape = (int(meta["original_height"]), int(meta["original_width"]))
         if upscale:
             cells = upscale_labels(cells, original_shape)
@@ -252,7 +362,7 @@ class MaskCache:
             image_id=image_id, cells=cells, nuclei=nuclei, original_shape=original_shape,
             seg_shape=(int(meta["seg_height"]), int(meta["seg_width"])), scale=float(meta["scale"]),
             n_cells=int(meta["n_cells"]), backend=str(meta["backend"]), params_hash=str(meta["params_hash"]),
-            upscaled=upscale,
+            mask_key=str(meta["mask_key"]), upscaled=upscale,
         )
 
     def manifest(self) -> "pandas.DataFrame":  # noqa: F821
@@ -273,7 +383,8 @@ class MaskCache:
 
     # ----------------------------------------------------------------- writes
     def write(self, image_id: str, cell_labels: np.ndarray, nuclei_labels: np.ndarray, *,
-              original_shape: tuple[int, int], scale: float, backend: str, params_hash: str) -> Path:
+              original_shape: tuple[int, int], scale: float, backend: str, params_hash: str,
+              params: dict[str, Any] | None = None) -> Path:
         """Store the maps of ``image_id`` atomically, replacing any previous entry.
 
         Parameters
@@ -285,50 +396,57 @@ class MaskCache:
         scale : segmentation scale, > 0 (0.25 for the usual 1/4 path).
         backend : name of the segmentation backend.
         params_hash : the cache key (weights checksum or backend + parameters hash).
+        params : JSON-serialisable parameters the key was built from (e.g. the backend's
+            ``key_params()``), recorded for people and error messages; not checked against the key.
 
         Returns the data file's path.
         """
-        image_id = _check_id(image_id)
-        _check_key(image_id, backend=backend, params_hash=params_hash)
-        cells = _as_label_map(cell_labels, image_id, "cell_labels")
-        nuclei = _as_label_map(nuclei_labels, image_id, "nuclei_labels")
+        image_id = check_id(image_id)
+        check_key(image_id, backend=backend, params_hash=params_hash)
+        recorded = json_params(image_id, params)
+        cells = as_label_map(cell_labels, image_id, "cell_labels")
+        nuclei = as_label_map(nuclei_labels, image_id, "nuclei_labels")
         if cells.shape != nuclei.shape:
             raise CacheError(f"{image_id}: cell_labels {cells.shape} and nuclei_labels {nuclei.shape} differ in shape")
-        original_shape, scale = _check_geometry(image_id, cells.shape, original_shape, scale)
-        dtype = np.uint32 if max(int(cells.max(initial=0)), int(nuclei.max(initial=0))) > _UINT16_MAX else np.uint16
+        original_shape, scale = check_geometry(image_id, cells.shape, original_shape, scale)
+        dtype = np.uint32 if max(int(cells.max(initial=0)), int(nuclei.max(initial=0))) > UINT16_MAX else np.uint16
         cells, nuclei = cells.astype(dtype, copy=False), nuclei.astype(dtype, copy=False)
 
         buffer = io.BytesIO()
         np.savez_compressed(buffer, cells=cells, nuclei=nuclei)
         payload = buffer.getvalue()
-        meta = self._base_meta(image_id, "ok", backend=backend, params_hash=params_hash)
+        labels_sha256 = labels_digest(cells, nuclei)
+        meta = self._base_meta(image_id, "ok", backend=backend, params_hash=params_hash, params=recorded)
         meta.update(
             original_height=original_shape[0], original_width=original_shape[1],
             seg_height=int(cells.shape[0]), seg_width=int(cells.shape[1]), scale=scale,
             n_cells=int(np.count_nonzero(np.unique(cells))), dtype=np.dtype(dtype).name,
+            mask_key=make_mask_key(params_hash, labels_sha256), labels_sha256=labels_sha256,
             data_bytes=len(payload), data_sha256=hashlib.sha256(payload).hexdigest(),
         )
         self.root.mkdir(parents=True, exist_ok=True)
         data_path = self.data_path(image_id)
         # Data first, sidecar last: the sidecar is the commit record of the entry.
-        _atomic_write(data_path, payload)
-        _atomic_write(self.sidecar_path(image_id), _to_json(meta))
+        atomic_write(data_path, payload)
+        atomic_write(self.sidecar_path(image_id), to_json(meta))
         log.debug("cached %s: %d cells at %sx%s", image_id, meta["n_cells"], *cells.shape)
         return data_path
 
-    def write_failure(self, image_id: str, error: str, *, params_hash: str, backend: str) -> Path:
+    def write_failure(self, image_id: str, error: str, *, params_hash: str, backend: str,
+                      params: dict[str, Any] | None = None) -> Path:
         """Record that segmenting ``image_id`` raised ``error``; any previous maps are dropped.
 
         The entry reads as "failed" (redone by ``todo``) and ``read`` raises with the message.
-        Returns the sidecar's path.
+        ``params`` as in :meth:`write`. Returns the sidecar's path.
         """
-        image_id = _check_id(image_id)
-        _check_key(image_id, backend=backend, params_hash=params_hash)
-        meta = self._base_meta(image_id, "failed", backend=backend, params_hash=params_hash)
+        image_id = check_id(image_id)
+        check_key(image_id, backend=backend, params_hash=params_hash)
+        meta = self._base_meta(image_id, "failed", backend=backend, params_hash=params_hash,
+                               params=json_params(image_id, params))
         meta["error"] = str(error) or "unknown error"
         self.root.mkdir(parents=True, exist_ok=True)
         sidecar = self.sidecar_path(image_id)
-        _atomic_write(sidecar, _to_json(meta))
+        atomic_write(sidecar, to_json(meta))
         self.data_path(image_id).unlink(missing_ok=True)
         log.debug("cached failure of %s: %s", image_id, meta["error"])
         return sidecar
@@ -342,49 +460,53 @@ class MaskCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
         frame = self.manifest()
-        _atomic_write(self.manifest_path, frame.to_csv(index=False).encode("utf-8"))
+        atomic_write(self.manifest_path, frame.to_csv(index=False).encode("utf-8"))
         return self.manifest_path
 
     # ----------------------------------------------------------------- internals
-    def _status(self, image_id: str, params_hash: str | None) -> tuple[str, dict[str, Any] | None, str | None]:
-        """(status, sidecar dict or None, problem text or None); params_hash None skips the key check."""
+    def _check(self, image_id: str, params_hash: str | None) -> _Check:
+        """Status of one entry; params_hash None skips the key check. Reads the data file once."""
         sidecar = self.sidecar_path(image_id)
         try:
-            meta = _read_sidecar(sidecar)
+            meta = read_sidecar(sidecar)
         except FileNotFoundError:
-            return "missing", None, None
+            return _Check("missing")
         except (OSError, ValueError) as exc:
-            return "corrupt", None, f"unreadable sidecar {sidecar}: {exc}"
+            return _Check("corrupt", None, f"unreadable sidecar {sidecar}: {exc}")
         if meta.get("cache_version") != CACHE_VERSION:
-            return "stale", meta, f"written by cache version {meta.get('cache_version')!r}, expected {CACHE_VERSION}"
+            return _Check("stale", meta,
+                          f"written by cache version {meta.get('cache_version')!r}, expected {CACHE_VERSION}")
         if params_hash is not None and meta.get("params_hash") != params_hash:
-            return "stale", meta, f"written with params_hash {meta.get('params_hash')!r}, expected {params_hash!r}"
+            return _Check("stale", meta, f"written with params_hash {meta.get('params_hash')!r}, expected {params_hash!r}")
         if meta.get("status") == "failed":
-            return "failed", meta, str(meta.get("error"))
+            return _Check("failed", meta, str(meta.get("error")))
         if meta.get("status") != "ok":
-            return "corrupt", meta, f"sidecar {sidecar} has status {meta.get('status')!r}"
-        problem = self._data_problem(image_id, meta)
-        return ("corrupt", meta, problem) if problem else ("ok", meta, None)
+            return _Check("corrupt", meta, f"sidecar {sidecar} has status {meta.get('status')!r}")
+        if not isinstance(meta.get("mask_key"), str):
+            return _Check("corrupt", meta, f"sidecar {sidecar} records no mask_key")
+        payload, problem = self._read_payload(image_id, meta)
+        return _Check("corrupt", meta, problem) if problem else _Check("ok", meta, None, payload)
 
-    def _data_problem(self, image_id: str, meta: dict[str, Any]) -> str | None:
+    def _read_payload(self, image_id: str, meta: dict[str, Any]) -> tuple[bytes | None, str | None]:
+        """(data bytes, None), or (None, problem) when the file is absent or not what the sidecar recorded."""
         path = self.data_path(image_id)
         try:
             payload = path.read_bytes()
         except FileNotFoundError:
-            return f"data file {path} is missing"
+            return None, f"data file {path} is missing"
         except OSError as exc:
-            return f"data file {path} is unreadable: {exc}"
+            return None, f"data file {path} is unreadable: {exc}"
         if len(payload) != meta.get("data_bytes"):
-            return f"data file {path} has {len(payload)} bytes, the sidecar recorded {meta.get('data_bytes')}"
+            return None, f"data file {path} has {len(payload)} bytes, the sidecar recorded {meta.get('data_bytes')}"
         if hashlib.sha256(payload).hexdigest() != meta.get("data_sha256"):
-            return f"data file {path} does not match the SHA-256 its sidecar recorded"
-        return None
+            return None, f"data file {path} does not match the SHA-256 its sidecar recorded"
+        return payload, None
 
-    def _load_arrays(self, image_id: str, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _load_arrays(self, image_id: str, meta: dict[str, Any], payload: bytes) -> tuple[np.ndarray, np.ndarray]:
         path = self.data_path(image_id)
         expected = (int(meta["seg_height"]), int(meta["seg_width"]))
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
                 cells, nuclei = archive["cells"], archive["nuclei"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise CacheError(self._read_error(image_id, "corrupt", f"data file {path} is unreadable: {exc}")) from exc
@@ -407,11 +529,12 @@ class MaskCache:
         }[status]
         return f"{what}; {build}"
 
-    def _base_meta(self, image_id: str, status: str, *, backend: str, params_hash: str) -> dict[str, Any]:
+    def _base_meta(self, image_id: str, status: str, *, backend: str, params_hash: str,
+                   params: dict[str, Any]) -> dict[str, Any]:
         meta: dict[str, Any] = {column: None for column in MANIFEST_COLUMNS}
         meta.update(ID=image_id, status=status, backend=backend, params_hash=params_hash,
                     cache_version=CACHE_VERSION, cellcls_version=CELLCLS_VERSION,
-                    written_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+                    written_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), params=params)
         return meta
 
     def _sidecar_files(self) -> dict[str, os.DirEntry]:
@@ -423,13 +546,13 @@ class MaskCache:
         found = {}
         for entry in entries:
             stem, suffix = os.path.splitext(entry.name)
-            if suffix == _SIDECAR_SUFFIX and _ID_PATTERN.fullmatch(stem) and entry.is_file():
+            if suffix == _SIDECAR_SUFFIX and ID_PATTERN.fullmatch(stem) and entry.is_file():
                 found[stem] = entry
         return found
 
     def _manifest_row(self, image_id: str, entry: os.DirEntry) -> dict[str, Any]:
         try:
-            meta = _read_sidecar(Path(entry.path))
+            meta = read_sidecar(Path(entry.path))
         except (OSError, ValueError) as exc:
             return {"ID": image_id, "status": "corrupt", "error": f"unreadable sidecar {entry.path}: {exc}"}
         row = {column: meta.get(column) for column in MANIFEST_COLUMNS}
@@ -458,7 +581,7 @@ class MaskCache:
     def _remove_stale_temp_files(self) -> None:
         cutoff = time.time() - _STALE_TEMP_AGE_S
         for entry in os.scandir(self.root):
-            if entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX) and entry.is_file():
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
                 try:
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
@@ -468,90 +591,6 @@ class MaskCache:
 
 
 # --------------------------------------------------------------------- helpers
-def _check_id(image_id: str) -> str:
-    if not isinstance(image_id, str) or not _ID_PATTERN.fullmatch(image_id):
-        raise CacheError(
-            f"image ID {image_id!r} cannot name a cache file: expected 1-200 characters of letters, digits, "
-            "'.', '_' or '-', starting with a letter or digit")
-    return image_id
-
-
-def _check_key(image_id: str, **keys: str) -> None:
-    for name, value in keys.items():
-        if not isinstance(value, str) or not value.strip():
-            raise CacheError(f"{image_id}: {name} must be a non-empty string, got {value!r}")
-
-
-def _as_label_map(labels: np.ndarray, image_id: str, name: str) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 2 or array.size == 0:
-        raise CacheError(f"{image_id}: {name} must be a non-empty 2-D (h, w) label map, got shape {array.shape}")
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-        raise CacheError(f"{image_id}: {name} must have an integer dtype (uint16/uint32 ids), got {array.dtype}")
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > _UINT32_MAX:
-        raise CacheError(f"{image_id}: {name} ids must lie in 0..{_UINT32_MAX}, got {low}..{high}")
-    return array
-
-
-def _check_geometry(image_id: str, seg_shape: tuple[int, ...], original_shape: tuple[int, int],
-                    scale: float) -> tuple[tuple[int, int], float]:
-    try:
-        height, width = (int(v) for v in original_shape)
-        scale = float(scale)
-    except (TypeError, ValueError) as exc:
-        raise CacheError(f"{image_id}: original_shape must be (H, W) ints and scale a number; "
-                         f"got {original_shape!r}, {scale!r}") from exc
-    if height <= 0 or width <= 0 or not scale > 0 or not np.isfinite(scale):
-        raise CacheError(f"{image_id}: need positive original (H, W) and scale, got {original_shape!r}, {scale!r}")
-    # Catches swapped axes (hpacellseg returns non-square maps transposed) and wrong scales.
-    if abs(seg_shape[0] - height * scale) > 1 or abs(seg_shape[1] - width * scale) > 1:
-        raise CacheError(
-            f"{image_id}: label map {seg_shape} does not match original (H, W)={height, width} x scale {scale} "
-            f"= ({height * scale:g}, {width * scale:g}); check the axis order and the scale")
-    return (height, width), scale
-
-
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    meta = json.loads(path.read_bytes())
-    if not isinstance(meta, dict):
-        raise ValueError("not a JSON object")
-    return meta
-
-
-def _to_json(meta: dict[str, Any]) -> bytes:
-    return (json.dumps(meta, indent=1, sort_keys=False) + "\n").encode("utf-8")
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a part."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _manifest_frame(frame: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
     frame = frame.reindex(columns=list(MANIFEST_COLUMNS))
     for column in _INT_COLUMNS:
