@@ -180,6 +180,38 @@ def test_uint8_border_sum_wraps_like_the_original():
     assert cells_u8.max() == 1 and cells_float.max() == 0
 
 
+def dumbbell(neck_border: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 maps of two nuclei (radius 9 px, 30 px apart) joined by a 3 px neck, in two touching cells.
+
+    The nuclei network marks the neck's middle 9 px as border with ``neck_border`` (0..255).
+    """
+    yy, xx = np.mgrid[:64, :96]
+    nuclei_pred = np.zeros((64, 96, 3), np.uint8)
+    cell_pred = np.zeros((64, 96, 3), np.uint8)
+    for cy, cx in [(32, 33), (32, 63)]:
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        nuclei_pred[r2 <= 9**2, 2] = 240
+        cell_pred[r2 <= 18**2, 2] = 230
+    nuclei_pred[(abs(yy - 32) <= 1) & (xx > 33) & (xx < 63), 2] = 240
+    nuclei_pred[(abs(yy - 32) <= 1) & (xx >= 44) & (xx <= 52), 1] = neck_border
+    return nuclei_pred, cell_pred
+
+
+@pytest.mark.parametrize(
+    "neck_border, cells_found",
+    [
+        (245, 2),  # 1 - 245/255 = 0.0392, not above the 0.05 margin: the neck is cut, two seeds
+        (235, 1),  # 1 - 235/255 = 0.0784 is above it: the neck stays in the seed, one nucleus
+    ],
+)
+def test_seed_border_margin_decides_whether_a_dumbbell_is_split(neck_border, cells_found):
+    # Pins seed_border_margin to [0.0393, 0.0784): 0 keeps the first neck whole, 0.08 cuts the second.
+    nuclei, cells = label_cell(*dumbbell(neck_border), params=QUARTER)
+    assert int(cells.max()) == int(nuclei.max()) == cells_found
+    for k in range(1, cells_found + 1):  # each a whole cell with its nucleus (cut-offs 344 and 157 px)
+        assert (cells == k).sum() > 700 * (3 - cells_found) and (nuclei == k).sum() > 200
+
+
 def test_nuclear_threshold_is_strict():
     # 102 / 255 == 0.4 exactly: not nuclear. 103 is.
     nuclei_pred, cell_pred = grid_of_cells(1, 1, pitch=40, cell=36, nucleus=26)
@@ -348,3 +380,178 @@ def test_watershed_of_no_image_floods_a_flat_image():
         markers = np.where(rng.random(mask.shape) < 0.05, rng.integers(1, 6, mask.shape), 0).astype(np.int32)
         expected = watershed(mask.astype(np.uint8), markers, mask=mask, watershed_line=True)
         assert np.array_equal(_watershed(None, markers, mask, line=True), expected)
+
+
+def random_labels(count: int = 12):
+    """Label images: 4-connected blobs / salt-and-pepper (some over half covered, some under) and
+    touching ids (a random id per pixel block), int32."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(11)
+    for i, mask in enumerate(random_masks(count)):
+        if i % 3 == 2:  # touching regions of different ids, some background
+            blocks = rng.integers(0, 6, (mask.shape[0] // 4 + 1, mask.shape[1] // 4 + 1))
+            yield np.kron(blocks, np.ones((4, 4), np.int32))[: mask.shape[0], : mask.shape[1]].astype(np.int32)
+        else:
+            yield ndi.label(mask)[0].astype(np.int32)
+
+
+def test_relief_floods_like_the_negated_probabilities():
+    from skimage.segmentation import watershed
+
+    from segment._label_ops import _relief, _watershed
+
+    rng = np.random.default_rng(13)
+    for mask in random_masks(8):
+        interior = rng.choice(np.array([0, 37, 38, 200, 255], np.uint8), mask.shape)  # plateaus and near-ties
+        markers = np.where(rng.random(mask.shape) < 0.05, rng.integers(1, 6, mask.shape), 0).astype(np.int32)
+        expected = watershed(-(interior / 255.0), markers, mask=mask)
+        assert np.array_equal(_watershed(_relief(interior), markers, mask), expected)
+        floats = interior / 255.0
+        assert np.array_equal(_relief(floats), -floats)
+
+
+def test_component_areas_8_partition_like_scipy_label_with_their_areas():
+    from scipy import ndimage as ndi
+
+    from segment._label_ops import _component_areas_8
+
+    for mask in random_masks():
+        expected, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+        labels, areas = _component_areas_8(mask)
+        assert np.array_equal(labels == 0, expected == 0)
+        pairs = np.unique(np.stack([expected.ravel(), labels.ravel()]), axis=1)
+        assert pairs.shape[1] == count + 1  # a bijection of the ids (background with background)
+        expected_areas = np.bincount(expected.ravel())
+        assert np.array_equal(areas[labels], expected_areas[expected])
+        assert areas[0] == (~mask).sum()
+
+
+def test_id_areas_equal_scipy_sums_on_sparse_and_dense_labels():
+    from scipy import ndimage as ndi
+
+    from segment._label_ops import _id_areas
+
+    covers = set()
+    for labels in random_labels():
+        top = int(labels.max())
+        ones = np.ones(labels.shape, np.int64)
+        expected = ndi.sum_labels(ones, labels, index=np.arange(top + 1)).astype(np.int64)
+        expected[0] = 0
+        assert np.array_equal(_id_areas(labels), expected)
+        covers.add(bool(np.count_nonzero(labels) > labels.size // 2))
+    assert covers == {False, True}  # both counting paths ran
+
+
+@pytest.mark.parametrize("renumber", [False, True])
+@pytest.mark.parametrize("min_area_px", [0, 1, 4, 30])
+def test_drop_small_ids_equals_skimage_remove_small_objects(min_area_px, renumber):
+    import warnings
+
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import relabel_sequential
+
+    from segment._label_ops import _drop_small_ids
+
+    for labels in random_labels():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "only one label" on some inputs
+            expected = remove_small_objects(labels, max_size=min_area_px - 1)
+        if renumber:
+            expected = relabel_sequential(expected)[0]
+        assert np.array_equal(_drop_small_ids(labels, min_area_px, renumber=renumber), expected)
+
+
+def test_keep_ids_zeroes_the_dropped_and_renumbers_like_relabel_sequential():
+    from skimage.segmentation import relabel_sequential
+
+    from segment._label_ops import _keep_ids
+
+    rng = np.random.default_rng(17)
+    for labels in random_labels():
+        present = np.bincount(labels.ravel()) > 0
+        keep = (rng.random(int(labels.max()) + 1) < 0.6) & present  # kept ids occur (the contract)
+        given = keep.copy()
+        kept = np.where(keep[labels] & (labels > 0), labels, 0)
+        assert np.array_equal(_keep_ids(labels, keep, renumber=False), kept)
+        assert np.array_equal(_keep_ids(labels, keep, renumber=True), relabel_sequential(kept)[0])
+        assert np.array_equal(keep, given)  # the caller's array is not changed
+    every = np.ones(int(labels.max()) + 1, bool)
+    assert np.array_equal(_keep_ids(labels, every, renumber=False), labels)
+
+
+@pytest.mark.parametrize("min_area_px", [0, 1, 2, 5, 40])
+def test_drop_small_components_equals_skimage_remove_small_objects(min_area_px):
+    from skimage.morphology import remove_small_objects
+
+    from segment._label_ops import _drop_small_components
+
+    for mask in random_masks():
+        expected = remove_small_objects(mask, max_size=min_area_px - 1, connectivity=1)
+        got = _drop_small_components(mask, min_area_px)
+        assert got.dtype == bool and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("max_hole_area_px", [1, 2, 5, 40])
+def test_fill_small_holes_equals_skimage_remove_small_holes(max_hole_area_px):
+    from skimage.morphology import remove_small_holes
+
+    from segment._label_ops import _fill_small_holes
+
+    for mask in random_masks():
+        expected = remove_small_holes(mask, max_size=max_hole_area_px - 1, connectivity=1)
+        assert np.array_equal(_fill_small_holes(mask, max_hole_area_px), expected)
+
+
+def test_fill_enclosed_holes_equals_scipy_binary_fill_holes():
+    from scipy import ndimage as ndi
+
+    from segment._label_ops import _fill_enclosed_holes
+
+    for mask in (*random_masks(), np.ones((5, 7), bool), np.zeros((4, 4), bool)):
+        assert np.array_equal(_fill_enclosed_holes(mask), ndi.binary_fill_holes(mask))
+
+
+def test_thick_boundaries_equal_skimage_find_boundaries():
+    from skimage.segmentation import find_boundaries
+
+    from segment._label_ops import _thick_boundaries
+
+    for labels in random_labels():
+        assert np.array_equal(_thick_boundaries(labels), find_boundaries(labels, mode="thick"))
+
+
+def test_fill_label_holes_equals_the_originals_fill_holes():
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    from segment._label_ops import _fill_label_holes
+
+    for labels in random_labels():
+        # hpacellseg's __fill_holes, written out with the library calls it makes.
+        cut = labels * np.invert(find_boundaries(labels))
+        expected = ndi.label(ndi.binary_fill_holes(cut > 0))[0]
+        assert np.array_equal(_fill_label_holes(labels), expected)
+
+
+def test_disk_equals_skimage_disk():
+    from skimage.morphology import disk
+
+    from segment._label_ops import _disk
+
+    for radius in range(9):
+        assert np.array_equal(_disk(radius), disk(radius))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+@pytest.mark.parametrize("offset", [0, 70_000], ids=["uint16-ids", "ids-over-65535"])
+def test_grey_closing_equals_skimage_closing(radius, offset):
+    from skimage.morphology import closing, disk
+
+    from segment._label_ops import _grey_closing
+
+    for labels in random_labels(9):
+        labels = np.where(labels > 0, labels + offset, 0).astype(np.int32)
+        expected = closing(labels, disk(radius))
+        got = _grey_closing(labels, radius)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)

@@ -133,7 +133,7 @@ def test_logits_and_softmax_match_the_original_on_a_square_batch(fixture_model, 
             logits = fixture_model(torch.from_numpy(expected["input_a"]))
             proba = fixture_model.predict_proba(torch.from_numpy(expected["input_a"]))
     finally:
-        fixture_model.set_fast_decoder(True)
+        fixture_model.set_fast_decoder(None)  # back to the per-device default
     assert logits.shape == (2, 3, 64, 64) and logits.dtype == torch.float32
     np.testing.assert_allclose(logits.numpy(), expected["logits_a"], rtol=0, atol=ATOL)
     np.testing.assert_allclose(proba.numpy(), expected["softmax_a"], rtol=0, atol=ATOL)
@@ -163,9 +163,24 @@ def test_runs_under_autocast_with_reduced_precision(fixture_model, expected):
         logits = fixture_model(torch.from_numpy(expected["input_b"]))
     assert logits.shape == (1, 3, 64, 96)
     assert torch.isfinite(logits).all()
-    # bfloat16 keeps ~3 significant digits; the class decision must still mostly agree.
-    agree = (logits.float().argmax(1).numpy() == expected["logits_b"].argmax(1)).mean()
-    assert agree > 0.9
+    assert_close_in_reduced_precision(logits, expected["softmax_b"])
+
+
+def assert_close_in_reduced_precision(logits: torch.Tensor, softmax: np.ndarray) -> None:
+    """bfloat16 logits vs the float32 reference softmax ``(N, 3, H, W)``.
+
+    bfloat16 keeps ~3 significant digits: measured max |softmax gap| 0.005 (mean 8e-4). The fixture's
+    pixels are 98.8% one class, so agreement on the argmax alone would pass a constant network;
+    the probabilities (a constant one is off by up to 0.33) and the agreement WITHIN each class
+    (a constant one gets 0 on the two minority classes) do not.
+    """
+    probs = torch.softmax(logits.float(), dim=1).numpy()
+    gap = np.abs(probs - softmax)
+    assert gap.max() < 0.02 and gap.mean() < 0.003, (gap.max(), gap.mean())
+    truth, got = softmax.argmax(1), probs.argmax(1)
+    for k in np.unique(truth):  # measured: 0.93-0.97 on the 29 px of class 0, 1.0 on the others
+        agree = float((got[truth == k] == k).mean())
+        assert agree > 0.85, f"class {k}: {agree:.2f} of its {(truth == k).sum()} px agree"
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from segment.network import create_dpn_unet
 from segment.predict import (
     NORMALIZE_MEAN,
     NORMALIZE_STD,
@@ -200,9 +201,8 @@ def test_predictor_feeds_each_network_its_channels_in_eval_mode():
 
 @pytest.mark.slow
 def test_real_dpn_unet_tiny_input_batched_and_padded():
-    network = pytest.importorskip("segment.network")
     torch.manual_seed(0)
-    net = network.create_dpn_unet().eval()
+    net = create_dpn_unet().eval()
     imgs = [_rgb(64, 96, 0), _rgb(48, 64, 1), _rgb(64, 96, 2)]
     batched = predict_maps(net, imgs, batch_size=2, tta="none")
     assert [m.shape for m in batched] == [(64, 96, 3), (48, 64, 3), (64, 96, 3)]
