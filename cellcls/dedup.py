@@ -34,7 +34,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import CellclsError
+from .errors import CellclsError, ParameterError
 from .io import _bounded_map, list_image_ids, read_image
 
 __all__ = [
@@ -97,7 +97,7 @@ def dct_signature(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     image = np.asarray(image)
     if image.ndim != 3:
-        raise ValueError(f"expected an (H, W, C) image, got shape {image.shape}")
+        raise ParameterError(f"expected an (H, W, C) image, got shape {image.shape}")
     coefficients = np.zeros((image.shape[2], _LOW, _LOW), dtype=np.float32)
     flat = np.zeros(image.shape[2], dtype=bool)
     for c in range(image.shape[2]):
@@ -280,6 +280,8 @@ def find_duplicates(
     """
     from tqdm.auto import tqdm
 
+    if not (isinstance(threshold, (int, np.integer)) and threshold >= 0):
+        raise ParameterError(f"threshold must be an integer number of bits >= 0, got {threshold!r}")
     dirs = [Path(images_dirs)] if isinstance(images_dirs, (str, os.PathLike)) else [Path(d) for d in images_dirs]
     if not dirs:
         raise CellclsError("find_duplicates needs at least one image folder")

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .classes import NUM_CLASSES
-from .errors import CellclsError
+from .errors import CellclsError, ParameterError
 
 __all__ = ["make_folds", "fold_class_counts", "group_codes"]
 
@@ -66,6 +66,8 @@ def make_folds(
 
     Raises
     ------
+    ParameterError
+        ``k`` < 2, targets not (N, C) of 0/1, groups of another length (also a ValueError).
     CellclsError
         Fewer samples (or groups) than folds.
     """
@@ -73,16 +75,16 @@ def make_folds(
 
     y = np.asarray(targets)
     if y.ndim != 2:
-        raise ValueError(f"targets must be (N, C) multi-hot, got shape {y.shape}")
+        raise ParameterError(f"targets must be (N, C) multi-hot, got shape {y.shape}")
     if y.size and not np.isin(y, (0, 1)).all():
-        raise ValueError("targets must hold only 0 and 1")
+        raise ParameterError("targets must hold only 0 and 1")
     if k < 2:
-        raise ValueError(f"k must be >= 2, got {k}")
+        raise ParameterError(f"k (the number of folds) must be an integer >= 2, got {k}")
     y = y.astype(bool)
     n = y.shape[0]
     if groups is not None:
         if len(groups) != n:
-            raise ValueError(f"groups has {len(groups)} entries but targets has {n} rows")
+            raise ParameterError(f"groups has {len(groups)} entries but targets has {n} rows")
         codes = group_codes(groups)
         n_groups = int(codes.max()) + 1 if n else 0
         group_y = np.zeros((n_groups, y.shape[1]), dtype=bool)

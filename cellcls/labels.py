@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import NUM_CLASSES
-from .errors import BadLabelRowError, LabelError
+from .errors import BadLabelRowError, LabelError, ParameterError
 
 __all__ = [
     "LabelTable",
@@ -61,12 +61,12 @@ class LabelTable:
         if targets.size == 0:
             targets = targets.reshape(len(ids), NUM_CLASSES)
         if targets.shape != (len(ids), NUM_CLASSES):
-            raise ValueError(f"targets must have shape ({len(ids)}, {NUM_CLASSES}), got {targets.shape}")
+            raise ParameterError(f"targets must have shape ({len(ids)}, {NUM_CLASSES}), got {targets.shape}")
         if targets.size and targets.max() > 1:
-            raise ValueError("targets must be multi-hot (0 or 1)")
+            raise ParameterError("targets must be multi-hot (0 or 1)")
         extra = self.extra.reset_index(drop=True) if len(self.extra.columns) else pd.DataFrame(index=range(len(ids)))
         if len(extra) != len(ids):
-            raise ValueError(f"extra has {len(extra)} rows but there are {len(ids)} ids")
+            raise ParameterError(f"extra has {len(extra)} rows but there are {len(ids)} ids")
         targets.flags.writeable = False
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "targets", targets)
@@ -210,7 +210,7 @@ def hpa_image_id(url: str) -> str:
     """``"https://images.proteinatlas.org/10005/921_B9_1"`` -> ``"10005_921_B9_1"``."""
     parts = [p for p in str(url).strip().split("/") if p]
     if len(parts) < 2:
-        raise ValueError(f"cannot make an image ID from {url!r}; expected '.../<antibody>/<plate_well_field>'")
+        raise ParameterError(f"cannot make an image ID from {url!r}; expected '.../<antibody>/<plate_well_field>'")
     return f"{parts[-2]}_{parts[-1]}"
 
 
@@ -271,7 +271,7 @@ def read_hpa_public_tsv(
             continue
         try:
             image_id = hpa_image_id(url)
-        except ValueError as exc:
+        except ParameterError as exc:
             raise BadLabelRowError(f"{path}, line {i + 2}: {exc}") from exc
         if image_id in seen:
             dropped["duplicate ID"] += 1

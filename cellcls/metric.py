@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from . import rle
 from .classes import CLASS_NAMES, NUM_CLASSES
-from .errors import MaskCodecError, SubmissionError
-from .submission import SubmissionRow, iter_rows, split_prediction_string
+from .errors import MaskCodecError, ParameterError, SubmissionError
+from .submission_format import SubmissionRow, iter_rows, split_prediction_string
 
 __all__ = ["IOU_THRESHOLD", "ImageTruth", "EvaluationResult", "read_solution", "evaluate", "average_precision"]
 
@@ -263,14 +263,18 @@ def evaluate(
     ----------
     solution : solution CSV path, its rows, or the result of :func:`read_solution`.
     submission : submission CSV path (streamed) or rows (``SubmissionRow``; ``line`` may be 0).
-    iou_threshold : inclusive mask-IoU threshold.
+    iou_threshold : inclusive mask-IoU threshold, in (0, 1].
 
     Raises
     ------
+    ParameterError
+        ``iou_threshold`` outside (0, 1] (also a ValueError).
     SubmissionError
         A malformed row or mask in a scored image, an ID given twice, a size that differs
         from the solution's. (Use ``cellcls check-submission`` to list every problem.)
     """
+    if not 0.0 < iou_threshold <= 1.0:  # also False for NaN
+        raise ParameterError(f"iou_threshold must be a number in (0, 1], got {iou_threshold!r}")
     truths = solution if isinstance(solution, Mapping) else read_solution(solution, num_classes=num_classes)
     n_gt = np.zeros(num_classes, dtype=np.int64)
     for truth in truths.values():

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .classes import CHANNELS
-from .errors import CellclsError, MissingChannelError
+from .errors import CellclsError, MissingChannelError, ParameterError
 from .io import _bounded_map, list_image_ids, read_image, read_image_resized
 
 __all__ = ["channel_stats", "image_moments", "write_stats", "read_stats", "STATS_KEYS"]
@@ -56,11 +56,11 @@ def image_moments(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         ``sum((x - mean)**2)`` over the pixels, in ``[0, 1]`` units squared.
     """
     if image.ndim != 3 or image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"expected an (H, W, C) uint8/uint16 image, got {image.dtype} {image.shape}")
+        raise ParameterError(f"expected an (H, W, C) uint8/uint16 image, got {image.dtype} {image.shape}")
     full = 255 if image.dtype == np.uint8 else 65535
     n = image.shape[0] * image.shape[1]
     if n * full * full >= 2**63:
-        raise ValueError(f"image of {n} pixels is too large for exact integer moments")
+        raise ParameterError(f"image of {n} pixels is too large for exact integer moments")
     values = np.arange(full + 1, dtype=np.int64)
     mean = np.empty(image.shape[2])
     m2 = np.empty(image.shape[2])
@@ -136,7 +136,8 @@ def channel_stats(
     ----------
     images_dirs : path or sequence of paths
     size : int or (h, w), optional
-        Area-resize each image to this size first (an int means square).
+        Area-resize each image to this size in pixels first (an int means square); every
+        side must be a positive integer (ParameterError otherwise).
     ids : sequence of str, optional
         Only these IDs (each looked up in the folders in order; the first holding all
         channels wins). Default: every complete sample of every folder.
@@ -155,7 +156,7 @@ def channel_stats(
     dirs = [Path(images_dirs)] if isinstance(images_dirs, (str, os.PathLike)) else [Path(d) for d in images_dirs]
     if not dirs:
         raise CellclsError("channel_stats needs at least one image folder")
-    target = None if size is None else ((int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1])))
+    target = _target_size(size)
     samples = _resolve_ids(dirs, ids, channels)
     if not samples:
         raise CellclsError(f"no complete samples (all of {', '.join(channels)}) in {', '.join(map(str, dirs))}")
@@ -185,6 +186,16 @@ def channel_stats(
         "n_pixels": int(acc.n),
         "size": None if target is None else list(target),
     }
+
+
+def _target_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``size`` as (h, w) pixels, or None; raises ParameterError unless every side is a positive integer."""
+    if size is None:
+        return None
+    sides = (size, size) if np.isscalar(size) else tuple(size)
+    if len(sides) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in sides):
+        raise ParameterError(f"size must be a positive number of pixels or (h, w) of them, got {size!r}")
+    return int(sides[0]), int(sides[1])
 
 
 def write_stats(stats: dict, path: PathLike) -> None:

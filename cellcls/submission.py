@@ -1,17 +1,9 @@
-"""Competition submission files: read, write (streaming, any row order) and validate.
+"""Writing competition submission files (streaming, any row order); reading and validation re-exported.
 
-File format (HPA_FACTS §2): a CSV with header ``ID,ImageWidth,ImageHeight,PredictionString``
-and one row per test image ID, in the order of ``sample_submission.csv``. ImageWidth and
-ImageHeight are the ORIGINAL image size in pixels. PredictionString holds space-separated
-triplets ``class confidence mask``: class an integer 0..18, confidence a finite number in
-[0, 1], mask a :mod:`cellcls.rle` mask string at the original size. One triplet per (cell,
-class); a cell with several classes repeats its mask string. An image without any cell gets
-the sample submission's own placeholder ``0 1 eNoLCAgIMAEABJkBdQ==`` (one triplet with an empty
-mask, which the scorer drops): an empty field may be read as missing by the host's scorer. No field may contain a comma, so rows are plain text lines; a
-reader also accepts fields wrapped in double quotes and extra columns (a solution file's
-``Usage``), and a row may be longer than Python's csv default field limit.
-
-NO_PREDICTION = "0 1 " + rle.EMPTY_MASK_FULL_FRAME  (written for images without cells)
+The file format and its readers live in :mod:`cellcls.submission_format`, the row-by-row
+validation in :mod:`cellcls.submission_check`; this module writes, and re-exports both so that
+``from cellcls.submission import ...`` gives the whole API. The imports go one way:
+``submission`` -> ``submission_check`` -> ``submission_format``.
 
 API
 ---
@@ -19,25 +11,40 @@ API
     read_submission(path) -> Iterator[SubmissionRow]              streaming
     parse_prediction_string(text, image_id=...) -> list[Triplet]
     prediction_string(masks, scores, top_k=None, min_confidence=0.0) -> str
-    SubmissionWriter(path, sample, top_k=None, min_confidence=0.0)  context manager, .add(...)
+    SubmissionWriter(path, sample, top_k=None, min_confidence=0.0)  context manager,
+        .add(image_id, masks, scores, *, cell_ids=None, mask_key=None, expected_mask_key=None)
     validate_submission(path, sample) -> ValidationReport          (cellcls check-submission)
+
+NO_PREDICTION = "0 1 " + rle.EMPTY_MASK_FULL_FRAME  (written for images without cells)
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from . import rle
 from .classes import NUM_CLASSES
-from .errors import MaskCodecError, SubmissionError
+from .errors import MaskCodecError, ParameterError, SubmissionError
+from .submission_check import validate_submission
+from .submission_format import (
+    COLUMNS,
+    NO_PREDICTION,
+    SampleRow,
+    SubmissionRow,
+    Triplet,
+    format_confidence,
+    iter_rows,
+    parse_prediction_string,
+    read_sample_submission,
+    read_submission,
+    split_prediction_string,
+)
 
 __all__ = [
     "COLUMNS",
@@ -58,242 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Column order of a submission file.
-COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
-
-#: PredictionString of an image without any cell: the sample submission's own placeholder, one
-#: triplet whose mask is empty (the scorer drops it). Safer than an empty field, which the host's
-#: pandas-based scorer reads as NaN.
-NO_PREDICTION = "0 1 " + rle.EMPTY_MASK_FULL_FRAME
-
-
-@dataclass(frozen=True)
-class SampleRow:
-    """One test image: its ID and original size in pixels."""
-
-    id: str
-    width: int
-    height: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(H, W) in original pixels."""
-        return (self.height, self.width)
-
-
-@dataclass(frozen=True)
-class SubmissionRow:
-    """One row of a submission (or solution) file; ``line`` is its 1-based line number, 0 if built in memory."""
-
-    id: str
-    width: int
-    height: int
-    prediction_string: str
-    line: int = 0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(H, W) in original pixels."""
-        return (self.height, self.width)
-
-
-@dataclass(frozen=True)
-class Triplet:
-    """One prediction: class id 0..18, confidence in [0, 1], mask string at the original size."""
-
-    class_id: int
-    confidence: float
-    mask: str
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-
-
-def _unquote(field: str) -> str:
-    field = field.strip()
-    if len(field) >= 2 and field[0] == field[-1] == '"':
-        return field[1:-1].replace('""', '"')
-    return field
-
-
-def _csv_lines(path: str | os.PathLike, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str] | str]]:
-    """Yield ``(line number, {column: value})`` per data row, or ``(line, message)`` for a bad row.
-
-    Raises SubmissionError for a missing file, a binary/non-CSV file or a header without the
-    required columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: no such file")
-    try:
-        handle = open(path, encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise SubmissionError(f"{path}: cannot open ({exc})") from exc
-    with handle:
-        try:
-            header_line = handle.readline()
-            if "\x00" in header_line:
-                raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte")
-            header = [_unquote(h) for h in header_line.rstrip("\r\n").split(",")]
-            missing = [c for c in required if c not in header]
-            if not header_line or missing:
-                raise SubmissionError(
-                    f"{path}: not a submission CSV: expected a header with columns {','.join(required)}, "
-                    f"got {header_line[:120].rstrip()!r} (missing {', '.join(missing) or 'everything'})"
-                )
-            index = {name: header.index(name) for name in required}
-            for number, text in enumerate(handle, start=2):
-                text = text.rstrip("\r\n")
-                if not text.strip():
-                    continue
-                if "\x00" in text:
-                    raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte")
-                fields = text.split(",")
-                if len(fields) != len(header):
-                    yield number, (f"line {number}: expected {len(header)} comma-separated fields "
-                                   f"({','.join(header)}), got {len(fields)}")
-                    continue
-                yield number, {name: _unquote(fields[i]) for name, i in index.items()}
-        except UnicodeDecodeError as exc:
-            raise SubmissionError(f"{path}: not a text CSV file (binary content: {exc.reason})") from exc
-
-
-def _parse_size(values: Mapping[str, str], line: int) -> tuple[int, int]:
-    try:
-        width, height = int(values["ImageWidth"]), int(values["ImageHeight"])
-    except ValueError:
-        raise SubmissionError(f"line {line}: ImageWidth/ImageHeight must be integers, got "
-                              f"{values['ImageWidth']!r}/{values['ImageHeight']!r}") from None
-    if width <= 0 or height <= 0:
-        raise SubmissionError(f"line {line}: ImageWidth/ImageHeight must be positive, got {width}/{height}")
-    return width, height
-
-
-def read_sample_submission(path: str | os.PathLike) -> list[SampleRow]:
-    """Test IDs and original sizes, in file order, from a ``sample_submission.csv``.
-
-    Raises
-    ------
-    SubmissionError
-        Missing file, wrong columns, bad size, duplicated ID.
-    """
-    rows: list[SampleRow] = []
-    seen: dict[str, int] = {}
-    for line, values in _csv_lines(path, COLUMNS[:3]):
-        if isinstance(values, str):
-            raise SubmissionError(f"{path}: {values}")
-        image_id = values["ID"]
-        if not image_id:
-            raise SubmissionError(f"{path}: line {line}: empty ID")
-        if image_id in seen:
-            raise SubmissionError(f"{path}: line {line}: ID {image_id} already on line {seen[image_id]}")
-        seen[image_id] = line
-        try:
-            width, height = _parse_size(values, line)
-        except SubmissionError as exc:
-            raise SubmissionError(f"{path}: {exc}") from None
-        rows.append(SampleRow(image_id, width, height))
-    if not rows:
-        raise SubmissionError(f"{path}: the sample submission has no rows")
-    return rows
-
-
-def read_submission(path: str | os.PathLike) -> Iterator[SubmissionRow]:
-    """Stream the rows of a submission or solution file (prediction strings are not parsed).
-
-    Raises
-    ------
-    SubmissionError
-        Missing file, wrong columns, a row with the wrong number of fields or a bad size.
-    """
-    for line, values in _csv_lines(path, COLUMNS):
-        if isinstance(values, str):
-            raise SubmissionError(f"{path}: {values}")
-        try:
-            width, height = _parse_size(values, line)
-        except SubmissionError as exc:
-            raise SubmissionError(f"{path}: {exc}") from None
-        yield SubmissionRow(values["ID"], width, height, values["PredictionString"], line)
-
-
-# --------------------------------------------------------------------------------------------
-# Prediction strings
-# --------------------------------------------------------------------------------------------
-
-
-def _triplet_problem(tokens: Sequence[str], index: int, num_classes: int) -> tuple[str, str] | None:
-    """(kind, message) for the triplet at ``index`` if its class or confidence is invalid."""
-    cls, conf = tokens[3 * index], tokens[3 * index + 1]
-    if not (cls.isascii() and cls.isdigit()) or int(cls) >= num_classes:
-        return "bad-class", f"class {cls!r} is not an integer in 0..{num_classes - 1}"
-    try:
-        value = float(conf)
-    except ValueError:
-        return "bad-confidence", f"confidence {conf!r} is not a number"
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        return "bad-confidence", f"confidence {conf!r} is not a finite number in [0, 1]"
-    return None
-
-
-def split_prediction_string(
-    text: str, *, num_classes: int = NUM_CLASSES
-) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
-    """Tokenise a PredictionString without raising.
-
-    Returns
-    -------
-    classes : (T,) int64, confidences : (T,) float64, masks : list of T str, problems
-        ``problems`` lists ``(triplet index, kind, message)``; a triplet with a problem is
-        still returned (class -1 / confidence NaN), so callers decide what to do. A trailing
-        incomplete triplet is reported with kind ``bad-triplet-count`` and dropped.
-    """
-    tokens = text.split()
-    n = len(tokens) // 3
-    problems: list[tuple[int, str, str]] = []
-    if len(tokens) % 3:
-        problems.append((n, "bad-triplet-count", f"{len(tokens)} tokens is not a multiple of 3 "
-                                                 "('class confidence mask' triplets); the last "
-                                                 f"{len(tokens) % 3} token(s) are left over"))
-    masks = tokens[2 : 3 * n : 3]
-    try:
-        classes = np.array(tokens[0 : 3 * n : 3], dtype=np.int64)
-        confidences = np.array(tokens[1 : 3 * n : 3], dtype=np.float64)
-        fast_ok = all(t.isascii() and t.isdigit() for t in tokens[0 : 3 * n : 3]) and bool(
-            np.all((classes >= 0) & (classes < num_classes) & (confidences >= 0.0) & (confidences <= 1.0))
-        )
-    except (ValueError, OverflowError):
-        fast_ok = False
-    if not fast_ok:
-        classes = np.full(n, -1, dtype=np.int64)
-        confidences = np.full(n, np.nan)
-        for i in range(n):
-            problem = _triplet_problem(tokens, i, num_classes)
-            if problem is None:
-                classes[i], confidences[i] = int(tokens[3 * i]), float(tokens[3 * i + 1])
-            else:
-                problems.append((i, *problem))
-        problems.sort(key=lambda p: p[0])
-    return classes, confidences, masks, problems
-
-
-def parse_prediction_string(text: str, *, image_id: str = "?", num_classes: int = NUM_CLASSES) -> list[Triplet]:
-    """Triplets of a PredictionString; raises SubmissionError naming the ID and triplet index.
-
-    Masks are not decoded here (see :func:`cellcls.rle.decode`).
-    """
-    classes, confidences, masks, problems = split_prediction_string(text, num_classes=num_classes)
-    if problems:
-        index, _, message = problems[0]
-        raise SubmissionError(f"ID {image_id}: triplet {index}: {message}")
-    return [Triplet(int(c), float(p), m) for c, p, m in zip(classes, confidences, masks)]
-
-
-def format_confidence(value: float) -> str:
-    """Up to 6 significant digits, no trailing zeros (``0.5``, ``1``, ``0.123457``, ``1e-07``)."""
-    return f"{float(value) + 0.0:.6g}"  # + 0.0 turns -0.0 into 0.0
-
 
 def _check_scores(scores: np.ndarray, image_id: str, cell_ids: Sequence[int]) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
@@ -308,9 +79,9 @@ def _check_scores(scores: np.ndarray, image_id: str, cell_ids: Sequence[int]) ->
 
 def _check_options(top_k: int | None, min_confidence: float) -> None:
     if top_k is not None and not (isinstance(top_k, (int, np.integer)) and 1 <= top_k <= NUM_CLASSES):
-        raise SubmissionError(f"top_k must be an integer in 1..{NUM_CLASSES} or None (all classes), got {top_k!r}")
+        raise ParameterError(f"top_k must be an integer in 1..{NUM_CLASSES} or None (all classes), got {top_k!r}")
     if not 0.0 <= min_confidence <= 1.0:
-        raise SubmissionError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+        raise ParameterError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
 
 
 def _checked_area(mask: str, image_id: str, cell: int) -> int:
@@ -395,8 +166,8 @@ class SubmissionWriter:
 
     Rows for the next sample ID go straight to disk; rows that arrive early are spilled to a
     temporary folder beside the output and copied in when their turn comes, so memory stays
-    bounded for any number of images. At :meth:`close` every sample ID without a row gets an
-    empty PredictionString and the file appears atomically (written as ``NAME.partial``,
+    bounded for any number of images. At :meth:`close` every sample ID without a row gets the
+    :data:`NO_PREDICTION` placeholder and the file appears atomically (written as ``NAME.partial``,
     renamed). Leaving the ``with`` block by an exception discards everything.
 
     Parameters
@@ -456,6 +227,10 @@ class SubmissionWriter:
         image_id: str,
         masks: Mapping[int, str] | np.ndarray,
         scores: np.ndarray | Mapping[int, Sequence[float]],
+        *,
+        cell_ids: Sequence[int] | np.ndarray | None = None,
+        mask_key: str | None = None,
+        expected_mask_key: str | None = None,
     ) -> None:
         """Add the predictions of one image.
 
@@ -465,8 +240,17 @@ class SubmissionWriter:
         masks : dict[int, str] of mask strings at the original size, or an (h, w) integer label
             map at ANY scale (0 = background), upscaled here by nearest neighbour to the
             sample's (ImageHeight, ImageWidth) (see :func:`cellcls.rle.encode_label_map`).
-        scores : (n_cells, 19) array, row i = i-th smallest cell id (for a label map: of
-            ``np.unique(labels)`` without 0), or dict cell id -> (19,) confidences in [0, 1].
+        scores : (n_cells, 19) array, or dict cell id -> (19,) confidences in [0, 1]. An array's
+            row i is cell ``cell_ids[i]``; without ``cell_ids``, the i-th smallest cell id (for a
+            label map: of ``np.unique(labels)`` without 0).
+        cell_ids : (n_cells,) ints, optional
+            The cell id of each score row (any order). The cells of ``masks`` are matched by id:
+            a cell without a score row, or a score row for a cell not in ``masks``, raises
+            SubmissionError naming the image and the ids. Prefer it to the positional form.
+        mask_key, expected_mask_key : str, optional (both or neither)
+            The mask-cache key the scores were computed on (e.g. the score table's ``mask_key``)
+            and the key of the masks being encoded; different keys raise SubmissionError (the
+            cell ids would index other cells).
         """
         self._check_open()
         if image_id not in self._position:
@@ -474,6 +258,10 @@ class SubmissionWriter:
         if image_id in self._added:
             raise SubmissionError(f"ID {image_id}: added twice")
         sample = self.sample[self._position[image_id]]
+        _check_mask_key(image_id, mask_key, expected_mask_key)
+        if cell_ids is not None:
+            present = _cell_ids(masks) if isinstance(masks, np.ndarray) else sorted(int(k) for k in masks)
+            scores = _scores_by_id(image_id, cell_ids, scores, present)
         if isinstance(masks, np.ndarray):
             present = _cell_ids(masks)
             strings = rle.encode_label_map(masks, out_shape=sample.shape)
@@ -577,11 +365,39 @@ class SubmissionWriter:
             raise SubmissionError(f"{self.path}: the writer is closed")
 
 
-def validate_submission(path: str | os.PathLike, sample: str | os.PathLike | Sequence[SampleRow], **options):
-    """Check a submission file against the sample; see :func:`cellcls.submission_check.validate_submission`."""
-    from .submission_check import validate_submission as _validate
+def _check_mask_key(image_id: str, mask_key: str | None, expected_mask_key: str | None) -> None:
+    if (mask_key is None) != (expected_mask_key is None):
+        raise ParameterError(f"ID {image_id}: give both mask_key (of the scores) and expected_mask_key (of the "
+                             f"masks) or neither, got mask_key={mask_key!r}, expected_mask_key={expected_mask_key!r}")
+    if mask_key is not None and mask_key != expected_mask_key:
+        raise SubmissionError(f"ID {image_id}: the scores were computed on masks {mask_key!r} but the masks being "
+                              f"encoded are {expected_mask_key!r}; their cell ids differ: score the current masks "
+                              "again or write the masks the scores belong to")
 
-    return _validate(path, sample, **options)
+
+def _scores_by_id(image_id: str, cell_ids: Sequence[int] | np.ndarray,
+                  scores: np.ndarray | Mapping[int, Sequence[float]], present: list[int]) -> dict[int, np.ndarray]:
+    """``{cell id: (C,) scores}`` from score rows paired with explicit ids; ids must equal ``present``."""
+    if isinstance(scores, Mapping):
+        raise ParameterError(f"ID {image_id}: cell_ids pairs ids with the rows of a score ARRAY; "
+                             "scores given as a dict already carry their ids (drop cell_ids)")
+    ids = [int(k) for k in np.asarray(cell_ids).reshape(-1).tolist()]
+    table = np.asarray(scores)
+    if table.ndim != 2 or table.shape[0] != len(ids):
+        raise SubmissionError(f"ID {image_id}: {len(ids)} cell ids but scores of shape {table.shape}; "
+                              f"expected ({len(ids)}, n_classes), row i = cell_ids[i]")
+    if len(set(ids)) != len(ids):
+        repeated = sorted({k for k in ids if ids.count(k) > 1})
+        raise SubmissionError(f"ID {image_id}: cell_ids repeat {repeated[:10]}; each cell needs one score row")
+    missing = sorted(set(present) - set(ids))
+    if missing:
+        raise SubmissionError(f"ID {image_id}: no score for cell(s) {missing[:10]} of the masks "
+                              f"({len(missing)} of {len(present)}); score every cell of these masks")
+    extra = sorted(set(ids) - set(present))
+    if extra:
+        raise SubmissionError(f"ID {image_id}: scores for cell(s) {extra[:10]} are not in the masks "
+                              f"({len(extra)} ids); were the scores computed on other masks?")
+    return {cell: table[row] for row, cell in enumerate(ids)}
 
 
 def _cell_ids(labels: np.ndarray) -> list[int]:
@@ -590,10 +406,3 @@ def _cell_ids(labels: np.ndarray) -> list[int]:
         ids = np.flatnonzero(np.bincount(labels.ravel()))
         return ids[ids > 0].tolist()
     return [int(k) for k in np.unique(labels) if k != 0]
-
-
-def iter_rows(source: str | os.PathLike | Iterable[SubmissionRow]) -> Iterator[SubmissionRow]:
-    """Rows of a file path, or the given rows unchanged."""
-    if isinstance(source, (str, os.PathLike)):
-        return read_submission(source)
-    return iter(source)

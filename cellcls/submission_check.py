@@ -19,7 +19,14 @@ from tqdm import tqdm
 from . import rle
 from .classes import NUM_CLASSES
 from .errors import MaskCodecError
-from .submission import COLUMNS, NO_PREDICTION, SampleRow, _csv_lines, read_sample_submission, split_prediction_string
+from .submission_format import (
+    COLUMNS,
+    NO_PREDICTION,
+    SampleRow,
+    iter_csv_records,
+    read_sample_submission,
+    split_prediction_string,
+)
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate_submission"]
 
@@ -145,7 +152,7 @@ def validate_submission(
     expected = {row.id: row for row in sample_rows}
     report = ValidationReport(Path(path), max_listed=max_listed)
     seen: dict[str, int] = {}
-    lines = _csv_lines(path, COLUMNS)
+    lines = iter_csv_records(path, COLUMNS)
     for line, values in tqdm(lines, desc="check", unit=" rows", disable=not progress):
         if isinstance(values, str):
             report.add("bad-row", line, "?", None, values)

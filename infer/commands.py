@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellcls.cli import Command
+from cellcls.cli import Command, add_progress_option, progress_enabled
 
 __all__ = ["PRIOR_SUBMISSION"]
 
@@ -13,7 +13,7 @@ def _add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", required=True, metavar="CSV", help="sample_submission.csv (IDs, order, sizes)")
     parser.add_argument("--labels", required=True, metavar="CSV", help="train.csv whose class frequencies are used")
     parser.add_argument("--out", required=True, metavar="CSV", help="submission file to write")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
 
 
 def _run_prior(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def _run_prior(args: argparse.Namespace) -> int:
     from .prior import class_prior, write_prior_submission
 
     prior = class_prior(read_train_csv(args.labels))
-    counts = write_prior_submission(args.masks, args.sample, prior, args.out, progress=not args.no_progress)
+    counts = write_prior_submission(args.masks, args.sample, prior, args.out, progress=progress_enabled(args))
     top = sorted(range(len(prior)), key=lambda c: -prior[c])[:3]
     print(f"wrote {args.out}: {counts['images']} images, {counts['cells']} cells x 19 classes"
           f" ({counts['missing']} images without masks got the empty placeholder)")

@@ -290,6 +290,6 @@ def test_cli_evaluate_malformed_submission_is_an_error_message(tmp_path, capsys)
     solution = write_csv(tmp_path / "solution.csv", [gt_row("a", [(0, CELL1)])])
     submission = tmp_path / "sub.csv"
     submission.write_text("ID,ImageWidth,ImageHeight,PredictionString\na,20,20,0 0.5 eNoLCAgIMA\n")
-    assert main(["evaluate", "--solution", str(solution), "--submission", str(submission)]) == 1
+    assert main(["evaluate", "--solution", str(solution), "--submission", str(submission), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "ID a: triplet 0" in err and "base64" in err

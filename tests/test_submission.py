@@ -10,7 +10,7 @@ import pytest
 
 from cellcls import rle
 from cellcls.cli import main
-from cellcls.errors import SubmissionError
+from cellcls.errors import ParameterError, SubmissionError
 from cellcls.submission import (
     NO_PREDICTION,
     SampleRow,
@@ -158,9 +158,9 @@ def test_prediction_string_rejects_misuse():
         prediction_string(masks, np.full((2, 19), 0.5))
     with pytest.raises(SubmissionError, match="differ from mask cell ids"):
         prediction_string(masks, {2: np.full(19, 0.5)})
-    with pytest.raises(SubmissionError, match="top_k"):
+    with pytest.raises(ParameterError, match="top_k"):  # a bad option, not a bad file: also a ValueError
         prediction_string(masks, np.full((1, 19), 0.5), top_k=0)
-    with pytest.raises(SubmissionError, match="min_confidence"):
+    with pytest.raises(ValueError, match="min_confidence"):
         prediction_string(masks, np.full((1, 19), 0.5), min_confidence=2)
     with pytest.raises(SubmissionError, match="cell 1: .*base64"):
         prediction_string({1: "not base64!"}, np.full((1, 19), 0.5))
@@ -171,7 +171,7 @@ def test_writer_rejects_bad_sample_rows(tmp_path):
         SubmissionWriter(tmp_path / "s.csv", SAMPLE + SAMPLE[:1])
     with pytest.raises(SubmissionError, match="comma"):
         SubmissionWriter(tmp_path / "s.csv", [SampleRow("a,b", 5, 5)])
-    with pytest.raises(SubmissionError, match="top_k"):
+    with pytest.raises(ParameterError, match="top_k"):
         SubmissionWriter(tmp_path / "s.csv", SAMPLE, top_k=20)
 
 
@@ -381,7 +381,7 @@ def test_cli_malformed_files_give_a_message_not_a_traceback(tmp_path, sample_pat
     sub = tmp_path / "sub.csv"
     if content is not None:
         sub.write_bytes(content)
-    assert main(["check-submission", str(sub), "--sample", str(sample_path)]) == 1
+    assert main(["check-submission", str(sub), "--sample", str(sample_path), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
 
@@ -405,3 +405,29 @@ def test_writer_dropped_without_close_leaves_nothing(tmp_path, sample_path):
     del writer
     gc.collect()
     assert list(tmp_path.iterdir()) == [sample_path]
+
+
+def test_submission_modules_import_one_way():
+    # submission -> submission_check -> submission_format: no cycle, the format module at the bottom.
+    import ast
+
+    import cellcls
+
+    def local_imports(name: str) -> set[str]:
+        tree = ast.parse((Path(cellcls.__file__).parent / f"{name}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+
+    assert local_imports("submission_format").isdisjoint({"submission", "submission_check"})
+    assert "submission" not in local_imports("submission_check")
+
+
+def test_every_public_name_is_still_importable_from_cellcls_submission():
+    import cellcls.submission as submission
+    import cellcls.submission_check as check
+    import cellcls.submission_format as fmt
+
+    assert set(fmt.__all__) - {"iter_csv_records"} <= set(submission.__all__)
+    for name in submission.__all__:
+        assert hasattr(submission, name), name
+    assert submission.validate_submission is check.validate_submission
+    assert submission.SampleRow is fmt.SampleRow is check.SampleRow

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellcls.cli import Command
+from cellcls.cli import Bounded, Command, add_deprecated_alias, add_progress_option, progress_enabled
 
 __all__ = ["FOLDS", "STATS", "DEDUP", "format_fold_table"]
 
@@ -14,7 +14,7 @@ __all__ = ["FOLDS", "STATS", "DEDUP", "format_fold_table"]
 # --------------------------------------------------------------------------- folds
 def _folds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, metavar="CSV", help="label file with columns ID,Label (train.csv)")
-    parser.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--k", type=int, default=5, help="number of folds, >= 2 (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same folds (default 0)")
     parser.add_argument("--out", required=True, metavar="CSV", help="output: ID,fold (+ the group column)")
     parser.add_argument(
@@ -88,18 +88,25 @@ FOLDS = Command(
 )
 
 
+def _workers_option(parser: argparse.ArgumentParser) -> None:
+    workers = parser.add_argument("--num-workers", type=Bounded(int, low=0), default=2, metavar="W",
+                                  help="images decoded concurrently, in threads (default 2; 0 or 1 = one at a time)")
+    add_deprecated_alias(parser, "--workers", workers, since="0.1.0", removed_in="0.3")
+
+
 # --------------------------------------------------------------------------- stats
 def _stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, nargs="+", metavar="DIR", help="image folder(s)")
     parser.add_argument("--out", required=True, metavar="JSON", help="output statistics file")
     parser.add_argument("--size", type=int, metavar="PX", help="area-resize images to PX x PX first (as the model sees them)")
-    parser.add_argument("--workers", type=int, default=2, help="images decoded concurrently (default 2)")
+    _workers_option(parser)
+    add_progress_option(parser)
 
 
 def _stats_run(args: argparse.Namespace) -> int:
     from cellcls.stats import channel_stats, write_stats
 
-    stats = channel_stats(args.images, size=args.size, workers=args.workers, progress=not args.quiet)
+    stats = channel_stats(args.images, size=args.size, workers=args.num_workers, progress=progress_enabled(args))
     write_stats(stats, args.out)
     size = "full size" if stats["size"] is None else f"{stats['size'][0]}x{stats['size'][1]}"
     print(f"{stats['n_images']} images at {size}, {stats['n_pixels']} pixels per channel -> {args.out}")
@@ -114,7 +121,7 @@ STATS = Command(
     help="per-channel mean and std of image folders (for normalisation)",
     description="Stream every complete sample of the given folders and compute each channel's mean and "
     "standard deviation in [0, 1] units (uint8/255, uint16/65535), exactly merged over images. "
-    "Writes JSON read by training and inference.",
+    "Writes JSON for input normalisation (read back with cellcls.stats.read_stats).",
     example="""
     cellcls stats --images data/train data/test --out stats.json --size 512
     """,
@@ -128,20 +135,19 @@ def _dedup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, nargs="+", metavar="DIR", help="image folder(s) to compare")
     parser.add_argument("--out", required=True, metavar="CSV", help="output: group,ID,folder of every duplicate")
     parser.add_argument(
-        "--threshold", type=int, default=None, metavar="BITS",
-        help="largest hash distance (of 126 bits) that counts as a duplicate (default 6)",
+        "--threshold", type=Bounded(int, low=0, high=40), default=None, metavar="BITS",
+        help="largest hash distance (of 126 bits) that counts as a duplicate, 0..40 (default 6)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="images decoded concurrently (default 2)")
+    _workers_option(parser)
+    add_progress_option(parser)
 
 
 def _dedup_run(args: argparse.Namespace) -> int:
     from cellcls.dedup import DEFAULT_THRESHOLD_BITS, find_duplicates, write_duplicates
-    from cellcls.errors import CellclsError
 
     threshold = DEFAULT_THRESHOLD_BITS if args.threshold is None else args.threshold
-    if not 0 <= threshold <= 40:
-        raise CellclsError(f"--threshold must be in 0..40 bits, got {threshold}")
-    rows = find_duplicates(args.images, threshold=threshold, workers=args.workers, progress=not args.quiet)
+    rows = find_duplicates(args.images, threshold=threshold, workers=args.num_workers,
+                           progress=progress_enabled(args))
     write_duplicates(rows, args.out)
     n_groups = len({r.group for r in rows})
     print(f"{n_groups} duplicate groups, {len(rows)} images in them (threshold {threshold} bits) -> {args.out}")

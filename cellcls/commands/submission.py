@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellcls.cli import Command
+from cellcls.cli import Bounded, Command, add_progress_option, progress_enabled
 
 __all__ = ["CHECK_SUBMISSION", "EVALUATE"]
 
@@ -14,17 +14,16 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample_submission.csv of the competition (IDs and image sizes)")
     parser.add_argument("--allow-empty-masks", action="store_true",
                         help="accept masks without pixels (the sample's placeholder); the scorer drops them")
-    parser.add_argument("--max-listed", type=int, default=50, metavar="N",
+    parser.add_argument("--max-listed", type=Bounded(int, low=0), default=50, metavar="N",
                         help="list at most N problems (all are counted; default 50)")
+    add_progress_option(parser)
 
 
 def _check_run(args: argparse.Namespace) -> int:
-    import sys
-
     from cellcls.submission import validate_submission
 
     report = validate_submission(args.submission, args.sample, allow_empty_masks=args.allow_empty_masks,
-                                 max_listed=args.max_listed, progress=sys.stderr.isatty())
+                                 max_listed=args.max_listed, progress=progress_enabled(args))
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -51,22 +50,18 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--submission", required=True, metavar="CSV", help="the predictions to score")
     parser.add_argument("--json", metavar="OUT", help="also write the score and per-class figures as JSON")
     parser.add_argument("--iou-threshold", type=float, default=0.6,
-                        help="mask IoU needed for a true positive, inclusive (competition: 0.6)")
+                        help="mask IoU needed for a true positive, inclusive, in (0, 1] (competition: 0.6)")
+    add_progress_option(parser)
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
     import json
-    import sys
     from pathlib import Path
 
     from cellcls.metric import evaluate
 
-    if not 0.0 < args.iou_threshold <= 1.0:
-        from cellcls.errors import CellclsError
-
-        raise CellclsError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
     result = evaluate(args.solution, args.submission, iou_threshold=args.iou_threshold,
-                      progress=sys.stderr.isatty())
+                      progress=progress_enabled(args))
     print(result.table())
     if args.json:
         out = Path(args.json)

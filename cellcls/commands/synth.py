@@ -3,40 +3,37 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import Command
+from ..cli import Bounded, Command, add_progress_option, progress_enabled
 
 __all__ = ["SYNTH"]
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
-    return value
-
-
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the world into")
-    parser.add_argument("--train", type=int, default=0, metavar="N", help="number of train images (default 0)")
-    parser.add_argument("--test", type=int, default=0, metavar="M", help="number of test images (default 0)")
+    parser.add_argument("--train", type=Bounded(int, low=0), default=0, metavar="N",
+                        help="number of train images (default 0)")
+    parser.add_argument("--test", type=Bounded(int, low=0), default=0, metavar="M",
+                        help="number of test images (default 0)")
     parser.add_argument(
         "--size",
-        type=int,
+        type=Bounded(int, low=32),
         default=None,
         metavar="PX",
-        help="side of every image in pixels; default: 1728/2048/3072 x --scale drawn with the real test "
+        help="side of every image in pixels, >= 32; default: 1728/2048/3072 x --scale drawn with the real test "
         "set's frequencies (432/512/768 at 0.25)",
     )
     parser.add_argument("--seed", type=int, default=0, help="world seed: the same seed writes the same bytes (default 0)")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
     parser.add_argument(
-        "--scale", type=float, default=0.25, help="pixel size relative to full-resolution HPA (default 0.25 = quarter resolution)"
+        "--scale", type=Bounded(float, low=0.05, high=2.0), default=0.25,
+        help="pixel size relative to full-resolution HPA, in [0.05, 2] (default 0.25 = quarter resolution)",
     )
     parser.add_argument(
-        "--non-square", type=_fraction, default=0.0, metavar="F", help="fraction of images with a random non-square aspect"
+        "--non-square", type=Bounded(float, low=0.0, high=1.0), default=0.0, metavar="F",
+        help="fraction of images with a random non-square aspect, in [0, 1] (default 0)",
     )
     parser.add_argument("--preview", action="store_true", help="also write DIR/preview.png, one image per class")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,14 +41,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..errors import CellclsError
 
-    if args.train < 0 or args.test < 0:
-        raise CellclsError(f"--train and --test must be >= 0, got {args.train} and {args.test}")
     if args.train == 0 and args.test == 0 and not args.preview:
         raise CellclsError("nothing to do: give --train N and/or --test M (or --preview for the contact sheet)")
-    if args.size is not None and args.size < 32:
-        raise CellclsError(f"--size must be at least 32 pixels, got {args.size}")
-    if not 0.05 <= args.scale <= 2.0:
-        raise CellclsError(f"--scale must be in [0.05, 2] (1.0 = full-resolution HPA pixels), got {args.scale}")
     out = Path(args.out)
     if args.train or args.test:
         from ..synth import generate_world
@@ -65,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
             bit_depth=args.bit_depth,
             scale=args.scale,
             non_square=args.non_square,
-            progress=not (args.no_progress or args.quiet),
+            progress=progress_enabled(args),
         )
         print(summary.describe())
     if args.preview:
