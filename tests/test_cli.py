@@ -11,7 +11,8 @@ import pytest
 from cellcls import cli
 from cellcls.errors import CellclsError
 
-EXPECTED = {"folds", "stats", "dedup", "synth", "check-submission", "evaluate", "segment", "segment-score", "prior-submission"}
+EXPECTED = {"folds", "stats", "dedup", "synth", "check-submission", "evaluate", "segment", "segment-score", "prior-submission",
+            "cell-table", "train", "resize", "predict", "neighbors", "dedup-embeddings", "show", "export-masks", "report"}
 
 
 def _fake(name: str, run) -> cli.Command:
@@ -242,7 +243,8 @@ def test_old_flag_spellings_still_parse_and_are_marked_deprecated(argv, dest, va
 
 
 LONG_COMMANDS = {"stats", "dedup", "synth", "segment", "segment-score", "prior-submission", "check-submission",
-                 "evaluate", "cell-table", "train"}
+                 "evaluate", "cell-table", "train", "resize", "export-masks", "predict", "neighbors",
+                 "dedup-embeddings"}
 OTHER_SPELLINGS = {"--iou", "--workers", "--progress", "--no-progress-bar", "--no-tqdm", "--output", "--out-dir",
                    "--iou-thr", "--jobs", "--threads"}
 
