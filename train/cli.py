@@ -8,7 +8,14 @@ Sections: ``model`` (:class:`train.module.CellClassifier`), ``data`` (:class:`tr
 ``trainer`` (``pytorch_lightning.Trainer``: devices, num_nodes, precision, accumulate_grad_batches...),
 ``checkpoint`` (``ModelCheckpoint``: monitor, mode...), and top-level ``out`` (run folder), ``resume``,
 ``seed_everything``. Short forms: ``--devices``, ``--num-nodes``, ``--accelerator``, ``--precision``,
-``--max-epochs``, ``--fold``, ``--full``, ``--cell-labels``, ``--resume``, ``--out``, ``--no-progress``.
+``--max-epochs``, ``--fold``, ``--full``, ``--cell-labels``, ``--task``, ``--group-col``, ``--resume``,
+``--out``, ``--no-progress``.
+
+The task (``data.task``) picks the model class (:data:`TASK_MODELS`): ``image`` and ``cell`` train
+:class:`CellClassifier`, ``arcface`` trains :class:`train.arcface.ArcFaceEmbedder` (its
+``model.num_classes`` is the number of groups, linked from the data). The task is read from the
+command line (``--data.task``/``--task``) or the ``data.task`` of a ``--config`` file, the last one
+given winning.
 
 A key that no section has is refused before anything runs, with one error that names the key, where
 it came from and the valid keys of its section (:class:`cellcls.errors.CellclsError`, exit code 1).
@@ -23,15 +30,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from cellcls.errors import CellclsError
 
+from .arcface import ArcFaceEmbedder
 from .data import HpaDataModule
 from .module import CellClassifier
+from .resume import LatestCheckpoint, RngState
 
-__all__ = ["TrainCLI", "build_cli", "expand_shortcuts", "fit", "resolve_resume", "SHORTCUTS"]
+__all__ = ["TrainCLI", "build_cli", "expand_shortcuts", "fit", "resolve_resume", "requested_task", "SHORTCUTS",
+           "TASK_MODELS"]
 
 #: short option -> (dotted key, takes a value)
 SHORTCUTS: dict[str, tuple[str, bool]] = {
@@ -43,9 +52,14 @@ SHORTCUTS: dict[str, tuple[str, bool]] = {
     "--strategy": ("--trainer.strategy", True),
     "--fold": ("--data.fold", True),
     "--cell-labels": ("--data.cell_labels", True),
+    "--task": ("--data.task", True),
+    "--group-col": ("--data.group_col", True),
     "--full": ("--data.full=true", False),
     "--no-progress": ("--trainer.enable_progress_bar=false", False),
 }
+
+#: data.task -> LightningModule class
+TASK_MODELS: dict[str, type] = {"image": CellClassifier, "cell": CellClassifier, "arcface": ArcFaceEmbedder}
 
 _TOP_LEVEL = ("config", "out", "resume", "seed_everything", "print_config", "help")
 _SECTIONS = ("model", "data", "trainer", "checkpoint")
@@ -79,7 +93,8 @@ class TrainCLI(LightningCLI):
                             help="run folder: checkpoints/, logs/ (CSV), tb/ (TensorBoard)")
         parser.add_argument("--resume", type=str | None, default=None,
                             help="continue a run: a .ckpt path, or 'last' for OUT/checkpoints/last.ckpt")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt follows every epoch; RngState (instantiate_trainer) makes a resume repeat the shuffles.
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/focal", "checkpoint.mode": "min", "checkpoint.save_last": True,
             "checkpoint.save_top_k": 1, "checkpoint.filename": "best-epoch{epoch:02d}",
@@ -87,6 +102,9 @@ class TrainCLI(LightningCLI):
         })
         parser.link_arguments("out", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("out", "trainer.default_root_dir")
+        hook = getattr(self.model_class, "configure_parser", None)
+        if hook is not None:  # the task's own links and defaults (arcface: num_classes from the data)
+            hook(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (list, tuple)):
@@ -100,7 +118,9 @@ class TrainCLI(LightningCLI):
 
             out = self.config["out"]
             kwargs["logger"] = [CSVLogger(save_dir=out, name="logs"), TensorBoardLogger(save_dir=out, name="tb")]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(RngState())
+        return trainer
 
 
 # ----------------------------------------------------------------------------- unknown keys
@@ -168,17 +188,53 @@ def check_keys(parser: LightningArgumentParser, argv: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- entry points
+def requested_task(argv: Sequence[str]) -> str:
+    """The ``data.task`` that ``argv`` (short forms expanded) asks for: the last ``--data.task`` or the
+    ``data.task`` of a ``--config`` file, in order; ``image`` (the default) when none."""
+    import yaml
+
+    task = "image"
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name in ("-c", "--config", "--data.task"):
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+                i += 1
+            if name == "--data.task":
+                task = value
+            elif Path(value).is_file():
+                config = yaml.safe_load(Path(value).read_text()) or {}
+                data = config.get("data") if isinstance(config, dict) else None
+                if isinstance(data, dict) and isinstance(data.get("task"), str):
+                    task = data["task"]
+        i += 1
+    return task
+
+
 def build_cli(argv: Sequence[str], **overrides: Any) -> TrainCLI:
     """Parse ``argv`` (short forms allowed) and instantiate model, datamodule and trainer, without fitting."""
+    argv = expand_shortcuts(argv)
+    task = requested_task(argv)
     options: dict[str, Any] = dict(
-        model_class=CellClassifier, datamodule_class=HpaDataModule, run=False, auto_configure_optimizers=False,
+        model_class=TASK_MODELS.get(task, CellClassifier), datamodule_class=HpaDataModule, run=False, auto_configure_optimizers=False,
         load_from_checkpoint_support=False, seed_everything_default=0, save_config_kwargs={"overwrite": True},
         trainer_defaults={"log_every_n_steps": 10},
     )
     options.update(overrides)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        return TrainCLI(args=expand_shortcuts(argv), **options)
+        try:
+            cli = TrainCLI(args=argv, **options)
+        except ValueError as exc:  # jsonargparse wraps errors of a link's compute_fn (arcface: reading groups)
+            if isinstance(exc.__cause__, CellclsError):
+                raise exc.__cause__ from None
+            raise
+    built = cli.datamodule.hparams.task
+    if TASK_MODELS.get(built) is not type(cli.model) and "model_class" not in overrides:
+        raise CellclsError(f"data.task {built!r} was set in a form cellcls train does not read ahead; give it as "
+                           f"--data.task {built} (or --task {built}) or as data.task in the --config file")
+    return cli
 
 
 def resolve_resume(resume: str | None, out: str) -> str | None:

@@ -23,7 +23,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "training config",
         "--config CFG.yaml [--section.key VALUE ...]: a YAML config and dotted overrides (sections model, data, "
         "trainer, checkpoint; short forms --devices, --num-nodes, --precision, --max-epochs, --fold, --full, "
-        "--cell-labels, --resume, --out, --no-progress). '--print_config' prints the resolved config.")
+        "--cell-labels, --task (= --data.task), --group-col (= --data.group_col), --resume, --out, --no-progress). "
+        "'--print_config' prints the resolved config.")
     parser.set_defaults(cli_args=[])
     original = parser.parse_known_args
 
@@ -59,13 +60,16 @@ def _run(args: argparse.Namespace) -> int:
 
 TRAIN = Command(
     name="train",
-    help="train an image- or cell-level classifier (PyTorch Lightning) from a YAML config",
+    help="train an image- or cell-level classifier or an ArcFace embedding (PyTorch Lightning) from a YAML config",
     description="Train a multilabel classifier on whole images (task 'image') or on crops of every segmented "
     "cell (task 'cell', weak image labels broadcast or soft per-cell labels), validate each epoch (focal loss, "
     "macro/micro F1, per-class AP; mAP@0.6 of the validation cells on a world with per-cell truth) and save "
     "checkpoints that carry everything inference needs (thresholds, classes, crops, statistics, mask key). "
     "The config's sections are the typed arguments of the model, the data module, the Lightning Trainer and "
-    "the checkpoint callback; any key can be overridden as --section.key VALUE. Several GPUs or nodes: "
+    "the checkpoint callback; any key can be overridden as --section.key VALUE. Task 'arcface' (--task arcface "
+    "--group-col group) trains the 2019 metric-learning network on the groups (antibody ids) of the label file "
+    "instead, validated by retrieval precision@1 of held-out images (one per group) against the training images; "
+    "embed with 'cellcls embed'. Several GPUs or nodes: "
     "--devices N [--num-nodes M] (Lightning DDP).",
     example="""
     cellcls train --config configs/demo_cell.yaml
@@ -73,6 +77,8 @@ TRAIN = Command(
     cellcls train --config configs/seed002_efficientnet_b0.yaml --devices 4 --precision 16-mixed
     cellcls train --config configs/demo_cell.yaml --resume last
     cellcls train --config configs/demo_cell.yaml --print_config
+    cellcls train --config configs/arcface_demo.yaml
+    cellcls train --task arcface --group-col group --data.images train --data.labels train.csv --data.image_size 512
     """,
     add_arguments=_arguments,
     run=_run,

@@ -14,9 +14,13 @@ Tasks
     pseudo-label round of the 7th-place solution). Crops are cut once in ``setup`` and kept in
     memory in the image dtype (4 x S x S bytes per cell at 8 bits).
 
+``arcface``
+    Whole images with their group (antibody id, column ``group_col``) as the class, for the
+    metric-learning network of :mod:`train.arcface` (its own split: one held-out image per group).
+
 Splits: the ``fold`` column of ``folds`` (``cellcls folds``) picks the validation fold; without a
 folds file, 5 folds are made here with :func:`cellcls.folds.make_folds` (seed 0), grouped by the
-label file's ``group`` column (the antibody) when it has one, so a protein never straddles the
+label file's ``group_col`` column (the antibody) when it has one, so a protein never straddles the
 split. ``full=True`` trains on every image and validates on fold ``fold`` (which is then also
 trained on: its figures are optimistic).
 
@@ -39,14 +43,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from cellcls.classes import CHANNELS, CLASS_NAMES, NUM_CLASSES
 from cellcls.errors import CellclsError, LabelError, MissingChannelError
+from cellcls.registry import Registry
 
 from .augment import build_transform
 
-__all__ = ["HpaDataModule", "ImageDataset", "CropDataset", "read_cell_labels", "TASKS"]
+__all__ = ["HpaDataModule", "ImageDataset", "CropDataset", "read_cell_labels", "TASKS", "TASK_SETUPS"]
 
 log = logging.getLogger(__name__)
 
-TASKS = ("image", "cell")
+#: task name -> ``setup(datamodule, table)``: fills ``train_set``/``val_set`` (and the task's facts) from the
+#: label table; ``arcface`` is registered by :mod:`train.arcface` (imported at the end of this module).
+TASK_SETUPS: Registry = Registry("training task")
+TASKS = ("image", "cell", "arcface")
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -187,9 +195,10 @@ class HpaDataModule(pl.LightningDataModule):
         Folder of ``{ID}_{red,green,blue,yellow}.png|tif`` train images (8- or 16-bit).
     labels : str
         ``train.csv`` (``ID,Label`` [+ ``group``]).
-    task : {"image", "cell"}
+    task : {"image", "cell", "arcface"}
     folds : str, optional
-        ``folds.csv`` from ``cellcls folds``; default: 5 folds made here (grouped by ``group``).
+        ``folds.csv`` from ``cellcls folds``; default: 5 folds made here (grouped by ``group_col``).
+        Not used by ``arcface`` (see :func:`train.arcface.arcface_split`).
     fold : int
         Validation fold.
     full : bool
@@ -212,6 +221,9 @@ class HpaDataModule(pl.LightningDataModule):
         Cell task: soft per-cell labels (see :func:`read_cell_labels`); default: image labels broadcast.
     solution : str, optional
         Cell task: ``solution_train.csv`` of a world with per-cell truth, for the validation cell mAP@0.6.
+    group_col : str
+        Column of ``labels`` holding the group (antibody id): folds are grouped by it, and it is the
+        class of the ``arcface`` task.
     augment : str
         Training augmentation, a name of :data:`train.augment.AUGMENTATIONS`.
     batch_size, num_workers : int
@@ -239,6 +251,7 @@ class HpaDataModule(pl.LightningDataModule):
         crop_margin: float = 0.1,
         cell_labels: str | None = None,
         solution: str | None = None,
+        group_col: str = "group",
         augment: str = "seed002",
         batch_size: int = 16,
         num_workers: int = 2,
@@ -246,8 +259,8 @@ class HpaDataModule(pl.LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise CellclsError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+        if task not in TASK_SETUPS:
+            raise CellclsError(f"unknown task {task!r}; choose one of: {', '.join(TASK_SETUPS.names())}")
         if task == "cell" and masks is None:
             raise CellclsError("the cell task needs a mask cache of the train images: give --data.masks MASKDIR "
                                "(make it with 'cellcls segment --images IMAGES --out MASKDIR')")
@@ -266,6 +279,8 @@ class HpaDataModule(pl.LightningDataModule):
         self.mask_params_hash: str | None = None
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
+        self.val_queries = 0  # arcface: the first val_queries rows of val_set are the held-out images
+        self.task_meta: dict[str, Any] = {}  # task-specific facts for the checkpoint (arcface: groups)
 
     # --------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -278,15 +293,16 @@ class HpaDataModule(pl.LightningDataModule):
         if hp.limit_images is not None:
             table = table.subset(np.arange(min(hp.limit_images, len(table))))
         _check_images_exist(hp.images, table.ids, hp.labels)
-        groups = table.extra["group"].tolist() if "group" in table.extra.columns else None
-        train, val = _split(table.ids, table.targets, groups, folds=hp.folds, fold=hp.fold, full=hp.full,
-                            labels=hp.labels)
         self._read_stats()
-        if hp.task == "image":
-            self._setup_images(table, train, val)
-        else:
-            self._setup_cells(table, train, val)
+        TASK_SETUPS.get(hp.task)(self, table)
         log.info("%s task: %d training and %d validation samples", hp.task, len(self.train_set), len(self.val_set))
+
+    def _fold_split(self, table) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) masks of the classifier tasks: the validation fold, grouped by ``group_col``."""
+        hp = self.hparams
+        column = hp.group_col
+        groups = table.extra[column].tolist() if column in table.extra.columns else None
+        return _split(table.ids, table.targets, groups, folds=hp.folds, fold=hp.fold, full=hp.full, labels=hp.labels)
 
     def _read_stats(self) -> None:
         if self.hparams.stats is None:
@@ -450,4 +466,18 @@ class HpaDataModule(pl.LightningDataModule):
             "mask_params_hash": self.mask_params_hash,
             "cell_labels": "soft" if hp.cell_labels else ("broadcast" if cell else None),
             "train_rate": None if self.train_rate is None else [float(v) for v in self.train_rate],
+            **self.task_meta,
         }
+
+
+@TASK_SETUPS.register("image")
+def _setup_image_task(datamodule: HpaDataModule, table) -> None:
+    datamodule._setup_images(table, *datamodule._fold_split(table))
+
+
+@TASK_SETUPS.register("cell")
+def _setup_cell_task(datamodule: HpaDataModule, table) -> None:
+    datamodule._setup_cells(table, *datamodule._fold_split(table))
+
+
+from . import arcface as _arcface  # noqa: E402,F401  (registers the 'arcface' task; it imports this module)

@@ -77,6 +77,9 @@ class CellClassifier(pl.LightningModule):
         Use channels-last memory format on GPU.
     """
 
+    #: validation figures shown on the progress bar (the rest only in the logs)
+    PROGRESS_METRICS: tuple[str, ...] = ("focal", "macro_f1", "cell_map")
+
     def __init__(
         self,
         backbone: str = "resnet18",
@@ -173,7 +176,7 @@ class CellClassifier(pl.LightningModule):
         logits, targets = self._gathered()
         self._val_outputs = []
         metrics = self.validation_metrics(logits, targets)
-        shown = ("focal", "macro_f1", "cell_map")  # on the progress bar; the rest only in the logs
+        shown = self.PROGRESS_METRICS
         self.log_dict({f"val/{k}": v for k, v in metrics.items() if k in shown}, prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in metrics.items() if k not in shown})
         log.info("epoch %d: %s", self.current_epoch,
