@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m infer.demo --out $(DEMO_DIR)
+	$(VENV)/bin/cellcls demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

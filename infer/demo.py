@@ -1,94 +1,596 @@
-"""``make demo``: the whole pipeline, as far as it exists, on the built-in synthetic world.
+"""``cellcls demo`` (and ``make demo``): the whole recipe, from images to a scored submission.
 
-Every step is a ``cellcls`` command run through the plugin CLI, so what the demo does is what a
-user would type. It writes into one folder and ends by listing what it made and the scores.
+Every step is a ``cellcls`` command run through the plugin CLI (:func:`cellcls.cli.main`), printed as
+``$ cellcls ...`` before it runs, so what the demo does is what a user would type. Stages::
 
-    python -m infer.demo --out demo_out [--train 48] [--test 16] [--size 512] [--seed 0]
+    world      cellcls synth (only without --data)
+    folds      cellcls folds            5 folds, grouped by antibody when train.csv has a group column
+    stats      cellcls stats            channel mean/std of train + test
+    segment    cellcls segment          train and test into mask caches (+ segment-score on a world with truth)
+    prior      cellcls prior-submission the floor: every cell gets the train class frequencies
+    train      cellcls train            a cell-crop model and a whole-image model, validated on fold 0
+    blend      cellcls predict          fold-0 validation images scored by both; the blend rule is picked
+                                        on them when the data has per-cell truth (solution_train.csv)
+    pseudo     cellcls predict + train  optional: the cell model relabels the train cells (soft labels)
+                                        and is trained again on them
+    predict    cellcls predict          every test cell: cell-only, image-only and the blend (with TTA)
+    check      cellcls check-submission
+    evaluate   cellcls evaluate         when the data has solution.csv
+
+The figures end in ``OUT/summary.json`` and a table printed last. Nothing is tuned on the test set:
+the blend is chosen on validation images of the TRAIN set, checkpoints are the last epoch's.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from cellcls.cli import main as cellcls_main
+from cellcls.errors import CellclsError
 
-__all__ = ["run_demo", "main"]
+__all__ = ["DemoOptions", "DemoRun", "run_demo", "format_summary", "choose_blend_on_validation",
+           "image_label_pseudo", "write_pseudo_labels", "config_path", "report_argv", "DEFAULT_BLEND", "BLEND_CANDIDATES",
+           "SUMMARY_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: the blend used when the data has no per-cell truth to choose one (4th place's weights)
+DEFAULT_BLEND = "mean:w=0.7"
+#: candidates of the validation choice, simplest first (on a tie the earlier wins)
+BLEND_CANDIDATES = ("cell", "mean:w=0.8", "mean:w=0.7", "mean:w=0.6", "mean:w=0.5", "product12")
+#: the figures every summary.json has (None where the data cannot give them)
+SUMMARY_KEYS = ("data", "n_train", "n_test", "cells_found", "cells_true", "segment_f1", "image_macro_f1",
+                "map_prior", "map_image", "map_cell", "map_blend", "map_submission", "blend", "blend_choice",
+                "pseudo", "submission", "stage_s", "stage_cpu_s", "total_s")
 
 
-def _step(title: str, argv: list[str], *, ok_codes: tuple[int, ...] = (0,)) -> None:
-    print(f"\n== {title}\n$ cellcls {' '.join(argv)}", flush=True)
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class DemoOptions:
+    """What one demo run does (see ``cellcls demo --help``).
+
+    Attributes
+    ----------
+    out : folder everything is written into.
+    data : a Kaggle-layout folder to use instead of a synthetic world (None: synthesise one).
+    n_train, n_test, size_px, seed : the synthetic world (ignored with ``data``); size in pixels.
+    image_scale : pixel size of ``data``'s images relative to full-resolution HPA (None: auto).
+    cell_epochs, image_epochs : training epochs of the two models.
+    crop_px : cell crop side in pixels.
+    image_px : side of the image model's input in pixels.
+    pseudo : run the pseudo-label round.
+    tta : TTA of both models at prediction.
+    progress : progress bars of the steps.
+    """
+
+    out: Path
+    data: Path | None = None
+    n_train: int = 200
+    n_test: int = 50
+    size_px: int = 512
+    seed: int = 0
+    image_scale: float | None = None
+    cell_epochs: int = 6
+    image_epochs: int = 12
+    crop_px: int = 48
+    image_px: int = 128
+    pseudo: bool = True
+    tta: str = "flips"
+    progress: bool = False
+
+
+@dataclass
+class DemoRun:
+    """The state of a run: stage times (s) and figures, filled as the stages go."""
+
+    options: DemoOptions
+    n_stages: int
+    stage_s: dict[str, float] = field(default_factory=dict)
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    done: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def stage(self, name: str, title: str) -> "_Stage":
+        """Context manager timing one stage and printing its progress line."""
+        return _Stage(self, name, title)
+
+
+class _Stage:
+    def __init__(self, run: DemoRun, name: str, title: str) -> None:
+        self.run, self.name, self.title = run, name, title
+
+    def __enter__(self) -> "_Stage":
+        self.run.done += 1
+        elapsed = time.perf_counter() - self.run.t0
+        print(f"\n[{self.run.done}/{self.run.n_stages}] {self.name}: {self.title}  (t = {elapsed:.0f} s)", flush=True)
+        self.start, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        seconds, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
+        self.run.stage_s[self.name] = round(self.run.stage_s.get(self.name, 0.0) + seconds, 1)
+        self.run.stage_cpu_s[self.name] = round(self.run.stage_cpu_s.get(self.name, 0.0) + cpu, 1)
+        if exc[0] is None:
+            print(f"    {self.name} took {seconds:.1f} s ({cpu:.1f} s of CPU)", flush=True)
+
+
+def _cellcls(argv: Sequence[str], *, ok_codes: tuple[int, ...] = (0,)) -> int:
+    """Run one ``cellcls`` command as a user would type it; raise CellclsError on another exit code."""
+    argv = [str(a) for a in argv]
+    print("$ cellcls " + " ".join(argv), flush=True)
     code = cellcls_main(argv)
     if code not in ok_codes:
-        raise SystemExit(f"demo step '{title}' failed with exit code {code}")
-    print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+        raise CellclsError(f"demo step `cellcls {argv[0]}` failed with exit code {code}; see the messages above")
+    return code
 
 
-def run_demo(out: Path, *, n_train: int, n_test: int, size_px: int, seed: int) -> dict:
-    """Run every step into ``out``; returns the paths made and the scores."""
-    world = out / "world"
-    masks = out / "masks" / "test"
-    quiet = ["--no-progress"]
-    _step("synthetic HPA-like world with per-cell truth",
-          ["synth", "--out", str(world), "--train", str(n_train), "--test", str(n_test), "--size", str(size_px),
-           "--seed", str(seed), "--preview", *quiet])
-    _step("multilabel stratified folds, proteins kept within a fold",
-          ["folds", "--labels", str(world / "train.csv"), "--k", "5", "--seed", str(seed), "--group-col", "group",
-           "--out", str(out / "folds.csv")])
-    _step("per-channel mean/std over train+test",
-          ["stats", "--images", str(world / "train"), str(world / "test"), "--out", str(out / "stats.json")])
-    _step("near-duplicate search",
-          ["dedup", "--images", str(world / "train"), str(world / "test"), "--out", str(out / "dups.csv")])
-    # Default scale: the world's images are quarter-size fields already (world.json: scale 0.25),
-    # so --scale auto segments them as they are, at 1/4 of HPA's resolution.
-    _step("cell segmentation (HPA networks if their weights are found, else the classical backend)",
-          ["segment", "--images", str(world / "test"), "--out", str(masks), *quiet])
-    _step("segmentation against the true cell maps",
-          ["segment-score", "--masks", str(masks), "--truth", str(world / "truth"),
-           "--json", str(out / "segment_score.json"), *quiet])
-    submission = out / "submission.csv"
-    _step("baseline submission: every cell gets the train class frequencies",
-          ["prior-submission", "--masks", str(masks), "--sample", str(world / "sample_submission.csv"),
-           "--labels", str(world / "train.csv"), "--out", str(submission), *quiet])
-    _step("submission check", ["check-submission", str(submission), "--sample", str(world / "sample_submission.csv")])
-    _step("competition metric: mAP at mask IoU 0.6",
-          ["evaluate", "--solution", str(world / "solution.csv"), "--submission", str(submission),
-           "--json", str(out / "score.json")])
-    seg = json.loads((out / "segment_score.json").read_text())
-    score = json.loads((out / "score.json").read_text())
-    return {
-        "world": world, "preview": world / "preview.png", "folds": out / "folds.csv", "stats": out / "stats.json",
-        "dups": out / "dups.csv", "masks": masks, "submission": submission,
-        "segment_f1": seg["f1"], "map": score["map"],
-    }
+# ----------------------------------------------------------------------------- layout of the data
+@dataclass(frozen=True)
+class _Data:
+    root: Path
+    train: Path
+    test: Path
+    labels: Path
+    sample: Path
+    solution: Path | None
+    solution_train: Path | None
+    truth: Path | None
+
+    @classmethod
+    def of(cls, root: Path) -> "_Data":
+        root = Path(root)
+        need = [root / "train", root / "test", root / "train.csv", root / "sample_submission.csv"]
+        missing = [str(p) for p in need if not p.exists()]
+        if missing:
+            raise CellclsError(f"--data {root} is not in Kaggle layout: missing {', '.join(missing)} (it needs "
+                               "train/, test/, train.csv and sample_submission.csv; solution.csv is optional)")
+
+        def maybe(path: Path) -> Path | None:
+            return path if path.exists() else None
+
+        return cls(root, root / "train", root / "test", root / "train.csv", root / "sample_submission.csv",
+                   maybe(root / "solution.csv"), maybe(root / "solution_train.csv"), maybe(root / "truth"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder to write into (default demo_out)")
-    parser.add_argument("--train", type=int, default=48, help="synthetic train images (default 48)")
-    parser.add_argument("--test", type=int, default=16, help="synthetic test images (default 16)")
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    made = run_demo(args.out, n_train=args.train, n_test=args.test, size_px=args.size, seed=args.seed)
-    print(f"\n== demo finished in {time.perf_counter() - t0:.0f} s. It made:")
-    print(f"  {made['world']}/            synthetic world: train/, test/, train.csv, sample_submission.csv, truth/, "
-          f"solution.csv")
-    print(f"  {made['preview']}  one image per class, to look at")
-    print(f"  {made['folds']}, {made['stats']}, {made['dups']}")
-    print(f"  {made['masks']}/      cached cell masks + manifest.csv")
-    print(f"  {made['submission']}    valid submission (prior baseline)")
-    print(f"Segmentation F1 at IoU 0.6: {made['segment_f1']:.3f}.  Prior-baseline mAP: {made['map']:.3f} "
-          f"(the floor a trained model must beat; training and cell scoring arrive with later issues).")
-    return 0
+def _has_group(labels: Path) -> bool:
+    header = labels.read_text().splitlines()[0] if labels.stat().st_size else ""
+    return "group" in [c.strip() for c in header.split(",")]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _write_subset_sample(labels: Path, folds: Path, fold: int, images: Path, out: Path) -> int:
+    """A sample submission of the train images of ``fold`` (their sizes read from the PNG headers)."""
+    import pandas as pd
+
+    from cellcls.io import image_shape
+
+    table = pd.read_csv(folds, dtype={"ID": str})
+    ids = table.loc[table["fold"] == fold, "ID"].tolist()
+    rows = []
+    for image_id in ids:
+        height, width = image_shape(images, image_id)[:2]
+        rows.append({"ID": image_id, "ImageWidth": width, "ImageHeight": height, "PredictionString": ""})
+    pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight", "PredictionString"]).to_csv(out, index=False)
+    return len(rows)
+
+
+def config_path(name: str) -> Path:
+    """A recipe of ``configs/`` beside the package (an editable or source install)."""
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    if not path.is_file():
+        raise CellclsError(f"demo recipe {path} not found; cellcls demo needs the source tree's configs/ folder "
+                           "(install with `pip install -e .` from a checkout)")
+    return path
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------- figures
+def _cells_found(masks: Path) -> int:
+    import pandas as pd
+
+    manifest = Path(masks) / "manifest.csv"
+    if not manifest.is_file():
+        return 0
+    table = pd.read_csv(manifest)
+    column = next((c for c in ("n_cells", "cells") if c in table.columns), None)
+    return int(table[column].sum()) if column else 0
+
+
+def _cells_true(truth: Path | None, ids: Sequence[str]) -> int | None:
+    import pandas as pd
+
+    if truth is None or not (truth / "cells.csv").is_file():
+        return None
+    table = pd.read_csv(truth / "cells.csv", dtype={"ID": str})
+    return int(table["ID"].isin(set(ids)).sum())
+
+
+def _image_truth_from_cells(truth: Path | None, ids: Sequence[str]) -> "Any":
+    """(n, 19) bool image labels = union of the true labels of each image's cells (None without truth)."""
+    import numpy as np
+    import pandas as pd
+
+    from cellcls.classes import NUM_CLASSES
+
+    if truth is None or not (truth / "cells.csv").is_file():
+        return None
+    table = pd.read_csv(truth / "cells.csv", dtype={"ID": str, "labels": str})
+    position = {image_id: i for i, image_id in enumerate(ids)}
+    out = np.zeros((len(ids), NUM_CLASSES), dtype=bool)
+    for image_id, labels in zip(table["ID"], table["labels"].fillna("")):
+        if image_id in position:
+            for token in str(labels).split("|"):
+                if token.strip():
+                    out[position[image_id], int(token)] = True
+    return out
+
+
+def _image_macro_f1(scores_path: Path, checkpoint: Path, truth: Path | None) -> float | None:
+    """Macro F1 of the image model's per-image scores at its checkpoint's thresholds."""
+    import numpy as np
+
+    from cellcls.checkpoints import read_inference_checkpoint
+    from cellcls.image_metrics import f1_scores
+    from cellcls.scores import SCORE_COLUMNS, read_scores
+
+    frame = read_scores(scores_path)
+    first = frame.drop_duplicates("ID")
+    ids = first["ID"].astype(str).tolist()
+    targets = _image_truth_from_cells(truth, ids)
+    if targets is None or not ids:
+        return None
+    _, meta = read_inference_checkpoint(checkpoint)
+    thresholds = np.asarray(meta.thresholds, dtype=np.float64) if meta.thresholds else 0.5
+    probs = first[list(SCORE_COLUMNS)].to_numpy(dtype=np.float64)
+    value = float(f1_scores(targets, probs, thresholds)["macro_f1"])
+    return value if np.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------- blend choice
+def _blend_tables(cell_scores: Path, image_scores: Path) -> dict[str, tuple[Any, Any, Any, str]]:
+    """ID -> (cell ids, cell-model scores (n, 19), image score (19,), mask key) from two score tables of one cache."""
+    from cellcls.scores import iter_image_scores, read_scores
+
+    image = {image_id: scores[0] for image_id, _, scores, _ in iter_image_scores(read_scores(image_scores))}
+    out = {}
+    for image_id, cell_ids, scores, mask_key in iter_image_scores(read_scores(cell_scores)):
+        out[image_id] = (cell_ids, scores, image.get(image_id, scores.mean(axis=0)), mask_key)
+    return out
+
+
+def choose_blend_on_validation(cell_scores: Path, image_scores: Path, masks: Path, sample: Path,
+                               solution: Path, out_dir: Path, *,
+                               candidates: Sequence[str] = BLEND_CANDIDATES) -> tuple[str, dict[str, float]]:
+    """Score each candidate blend of the validation images with the competition metric; return the best.
+
+    Parameters
+    ----------
+    cell_scores, image_scores : score tables of the validation images (cell-only, image-only).
+    masks : their mask cache. sample : their sample submission. solution : a solution with their truth
+    (``solution_train.csv``: rows of other images are ignored).
+    out_dir : where the candidates' submissions are written.
+
+    Returns
+    -------
+    (best spec, {spec: mAP@0.6}); on equal scores the earlier candidate wins.
+    """
+    from cellcls.masks import MaskCache
+    from cellcls.metric import evaluate, read_solution
+    from cellcls.submission import SubmissionWriter, read_sample_submission
+
+    from .blend import BlendSpec, blend
+
+    per_image = _blend_tables(cell_scores, image_scores)
+    sample_rows = read_sample_submission(sample)
+    wanted = {row.id for row in sample_rows}
+    truths = {k: v for k, v in read_solution(solution).items() if k in wanted}
+    reader = MaskCache(masks).reader()
+    entries = {image_id: reader.read(image_id) for image_id in per_image}
+    results: dict[str, float] = {}
+    for text in candidates:
+        spec = BlendSpec.parse(text)
+        path = Path(out_dir) / f"val_{text.replace(':', '_').replace('=', '')}.csv"
+        with SubmissionWriter(path, sample_rows) as writer:
+            for image_id, (cell_ids, cell, image, mask_key) in per_image.items():
+                writer.add(image_id, entries[image_id].cells, blend(cell, image, None, spec=spec), cell_ids=cell_ids,
+                           mask_key=mask_key, expected_mask_key=entries[image_id].mask_key)
+        results[str(spec)] = float(evaluate(truths, path).map)
+    best = max(results, key=lambda k: (results[k], -list(results).index(k)))
+    return best, results
+
+
+# ----------------------------------------------------------------------------- pseudo labels
+def image_label_pseudo(scores: "Any", image_labels: "Any") -> "Any":
+    """Soft cell labels: a model's cell scores kept on the image's own labels only.
+
+    Per image and labelled class c, the cells' scores of c divided by their maximum (the image
+    label says at least one cell has c, so its most likely cell gets 1); classes the image does not
+    carry get 0; Negative = 1 - the largest soft label of the other classes (an image labelled
+    Negative only: every cell 1).
+
+    Parameters
+    ----------
+    scores : (n_cells, 19) float in [0, 1], one image's cell scores.
+    image_labels : (19,) bool, its image-level labels.
+
+    Returns
+    -------
+    (n_cells, 19) float32 in [0, 1]
+    """
+    import numpy as np
+
+    from cellcls.classes import NEGATIVE
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(image_labels, dtype=bool).copy()
+    out = np.zeros_like(scores)
+    labels[NEGATIVE] = False
+    if not labels.any():
+        out[:, NEGATIVE] = 1.0
+        return out.astype(np.float32)
+    top = scores[:, labels].max(axis=0)
+    out[:, labels] = scores[:, labels] / np.maximum(top, 1e-6)
+    out[:, NEGATIVE] = 1.0 - out.max(axis=1)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def write_pseudo_labels(scores_path: Path, labels_csv: Path, out: Path) -> int:
+    """Apply :func:`image_label_pseudo` to every image of a score table; return the cells written."""
+    import pandas as pd
+
+    from cellcls.labels import read_train_csv
+    from cellcls.scores import SCORE_COLUMNS, read_scores, write_scores
+
+    frame = read_scores(scores_path)
+    truth = read_train_csv(labels_csv)
+    targets = dict(zip(truth.ids, truth.targets.astype(bool)))
+    parts = []
+    for image_id, rows in frame.groupby("ID", sort=False):
+        if image_id not in targets:
+            raise CellclsError(f"pseudo labels: image {image_id} of {scores_path} is not in {labels_csv}")
+        block = rows.copy()
+        block[list(SCORE_COLUMNS)] = image_label_pseudo(rows[list(SCORE_COLUMNS)].to_numpy(), targets[image_id])
+        parts.append(block)
+    table = pd.concat(parts, ignore_index=True) if parts else frame
+    write_scores(table, out)
+    return int(len(table))
+
+
+# ----------------------------------------------------------------------------- the run
+def _stage_count(options: DemoOptions, data: _Data) -> int:
+    return 9 + (options.data is None) + bool(options.pseudo) + (data.solution is not None)
+
+
+def _train_args(config: Path, out: Path, data: _Data, masks: Path, options: DemoOptions, *, epochs: int,
+                extra: Sequence[str] = ()) -> list[str]:
+    argv = ["train", "--config", config, "--out", out, "--data.images", data.train, "--data.labels", data.labels,
+            "--data.folds", options.out / "folds.csv", "--data.stats", options.out / "stats.json",
+            "--max-epochs", epochs, "--data.progress", "false", "--trainer.enable_progress_bar",
+            str(options.progress).lower(), "--trainer.enable_model_summary", "false",
+            "--seed_everything", options.seed]
+    if masks is not None:
+        argv += ["--data.masks", masks, "--data.crop_size", options.crop_px]
+        # reported per epoch (val/cell_map) where the train images have per-cell truth; never used to select
+        argv += ["--data.solution", data.solution_train] if data.solution_train is not None else []
+    return argv + list(extra)
+
+
+def _predict(checkpoints: Sequence[Path], images: Path, masks: Path, sample: Path, *, blend: str, tta: str,
+             out: Path | None = None, scores: Path | None = None, config: Path | None = None,
+             progress: bool = False) -> None:
+    argv: list[Any] = ["predict", "--images", images, "--masks", masks, "--sample", sample]
+    for ckpt in checkpoints:
+        argv += ["--checkpoint", ckpt]
+    argv += ["--blend", blend, "--tta", tta]
+    argv += ["--out", out] if out is not None else []
+    argv += ["--scores", scores] if scores is not None else []
+    argv += ["--config", config] if config is not None else []
+    argv += [] if progress else ["--no-progress"]
+    _cellcls(argv, ok_codes=(0, 3))  # 3: some images had no cells and got the placeholder row
+
+
+def _evaluate(solution: Path | None, submission: Path, json_path: Path) -> float | None:
+    if solution is None:
+        return None
+    _cellcls(["evaluate", "--solution", solution, "--submission", submission, "--json", json_path])
+    return float(_read_json(json_path)["map"])
+
+
+def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """Run every stage into ``options.out``; return the summary (also written to ``OUT/summary.json``).
+
+    Raises
+    ------
+    CellclsError
+        A step failed (the message names the command; its own messages are above) or ``data`` is
+        not in Kaggle layout.
+    """
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet = [] if options.progress else ["--no-progress"]
+    if options.data is None:
+        world = out / "world"
+        planned = _Data(world, world / "train", world / "test", world / "train.csv", world / "sample_submission.csv",
+                        world / "solution.csv", world / "solution_train.csv", world / "truth")
+    else:
+        planned = _Data.of(options.data)
+    run = DemoRun(options, _stage_count(options, planned))
+    fig = run.figures
+    fig["data"] = str(planned.root)
+
+    if options.data is None:
+        with run.stage("world", "synthetic HPA-like world with per-cell truth"):
+            _cellcls(["synth", "--out", world, "--train", options.n_train, "--test", options.n_test,
+                      "--size", options.size_px, "--seed", options.seed, *quiet])
+    data = _Data.of(planned.root)
+
+    with run.stage("folds", "multilabel stratified folds (proteins kept within a fold)"):
+        group = ["--group-col", "group"] if _has_group(data.labels) else []
+        _cellcls(["folds", "--labels", data.labels, "--k", 5, "--seed", options.seed, *group,
+                  "--out", out / "folds.csv"])
+    with run.stage("stats", "per-channel mean/std over train + test"):
+        _cellcls(["stats", "--images", data.train, data.test, "--out", out / "stats.json"])
+
+    masks_train, masks_test = out / "masks" / "train", out / "masks" / "test"
+    scale = ["--image-scale", options.image_scale] if options.image_scale is not None else []
+    with run.stage("segment", "every train and test image into cells (mask caches)"):
+        _cellcls(["segment", "--images", data.train, "--out", masks_train, *scale, *quiet], ok_codes=(0, 3))
+        _cellcls(["segment", "--images", data.test, "--out", masks_test, "--ids", data.sample, *scale, *quiet],
+                 ok_codes=(0, 3))
+        import pandas as pd
+
+        test_ids = pd.read_csv(data.sample, dtype={"ID": str})["ID"].tolist()
+        fig["n_test"] = len(test_ids)
+        fig["n_train"] = int(len(pd.read_csv(data.labels)))
+        fig["cells_found"] = _cells_found(masks_test)
+        fig["cells_true"] = _cells_true(data.truth, test_ids)
+        fig["segment_f1"] = None
+        if data.truth is not None and any(data.truth.glob("*_cells.png")):
+            _cellcls(["segment-score", "--masks", masks_test, "--truth", data.truth,
+                      "--json", out / "segment_score.json", *quiet])
+            fig["segment_f1"] = float(_read_json(out / "segment_score.json")["f1"])
+
+    with run.stage("prior", "the floor: every cell gets the train class frequencies"):
+        prior = out / "prior_submission.csv"
+        _cellcls(["prior-submission", "--masks", masks_test, "--sample", data.sample, "--labels", data.labels,
+                  "--out", prior, *quiet])
+        fig["map_prior"] = _evaluate(data.solution, prior, out / "score_prior.json")
+
+    runs = out / "runs"
+    with run.stage("train", f"cell model ({options.cell_epochs} epochs) and image model "
+                            f"({options.image_epochs} epochs), validated on fold 0"):
+        _cellcls(_train_args(config_path("demo_recipe_cell.yaml"), runs / "cell", data, masks_train, options,
+                             epochs=options.cell_epochs))
+        _cellcls(_train_args(config_path("demo_recipe_image.yaml"), runs / "image", data, None, options,
+                             epochs=options.image_epochs, extra=["--data.image_size", options.image_px]))
+    cell_ckpt = runs / "cell" / "checkpoints" / "last.ckpt"
+    image_ckpt = runs / "image" / "checkpoints" / "last.ckpt"
+    image_only = out / "image_only.yaml"
+    image_only.write_text("image_on_crops: false\n")
+
+    with run.stage("blend", "fold-0 validation images scored by both models; the blend is picked there"):
+        val_sample = out / "val_sample.csv"
+        _write_subset_sample(data.labels, out / "folds.csv", 0, data.train, val_sample)
+        val = out / "validation"
+        val.mkdir(exist_ok=True)
+        _predict([cell_ckpt], data.train, masks_train, val_sample, blend="cell", tta=options.tta,
+                 scores=val / "cell.parquet", progress=options.progress)
+        _predict([image_ckpt], data.train, masks_train, val_sample, blend="cell", tta=options.tta,
+                 scores=val / "image.parquet", config=image_only, progress=options.progress)
+        if data.solution_train is not None:
+            best, scores = choose_blend_on_validation(val / "cell.parquet", val / "image.parquet", masks_train,
+                                                      val_sample, data.solution_train, val)
+            print("validation mAP@0.6 of each blend:  " + ",  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            fig["blend_choice"] = scores
+        else:
+            best = DEFAULT_BLEND
+            fig["blend_choice"] = None
+            print(f"no per-cell truth of the train images (solution_train.csv): default blend {best}")
+        fig["blend"] = best
+
+    fig["pseudo"] = None
+    if options.pseudo:
+        with run.stage("pseudo", "pseudo-label round: the cell model relabels every train cell within its "
+                                 "image's labels, and is trained again on those soft labels"):
+            raw, soft = out / "pseudo_scores.parquet", out / "pseudo_labels.parquet"
+            _cellcls(["predict", "--images", data.train, "--masks", masks_train, "--checkpoint", cell_ckpt,
+                      "--tta", options.tta, "--blend", "cell", "--scores", raw, *quiet], ok_codes=(0, 3))
+            n = write_pseudo_labels(raw, data.labels, soft)
+            print(f"soft labels of {n} train cells (cell scores kept on their image's labels) -> {soft}")
+            _cellcls(_train_args(config_path("demo_recipe_cell.yaml"), runs / "cell_pseudo", data, masks_train, options,
+                                 epochs=options.cell_epochs, extra=["--cell-labels", soft]))
+            cell_ckpt = runs / "cell_pseudo" / "checkpoints" / "last.ckpt"
+            fig["pseudo"] = str(cell_ckpt)
+
+    with run.stage("predict", f"every test cell, TTA {options.tta}: cell-only, image-only, blend {best}"):
+        test_dir = out / "test_scores"
+        test_dir.mkdir(exist_ok=True)
+        _predict([cell_ckpt], data.test, masks_test, data.sample, blend="cell", tta=options.tta,
+                 out=test_dir / "cell_only.csv", scores=test_dir / "cell.parquet", progress=options.progress)
+        _predict([image_ckpt], data.test, masks_test, data.sample, blend="cell", tta=options.tta,
+                 out=test_dir / "image_only.csv", scores=test_dir / "image.parquet", config=image_only,
+                 progress=options.progress)
+        submission = out / "submission.csv"
+        _predict([cell_ckpt, image_ckpt], data.test, masks_test, data.sample, blend=best, tta=options.tta,
+                 out=submission, scores=out / "scores.parquet", progress=options.progress)
+        fig["submission"] = str(submission)
+    with run.stage("check", "the submission against the sample"):
+        _cellcls(["check-submission", submission, "--sample", data.sample])
+    fig["image_macro_f1"] = _image_macro_f1(test_dir / "image.parquet", image_ckpt, data.truth)
+    fig.update(map_image=None, map_cell=None, map_blend=None, map_submission=None)
+    if data.solution is not None:
+        with run.stage("evaluate", "competition metric (mAP at mask IoU 0.6) of every submission"):
+            fig["map_cell"] = _evaluate(data.solution, test_dir / "cell_only.csv", test_dir / "score_cell.json")
+            fig["map_image"] = _evaluate(data.solution, test_dir / "image_only.csv", test_dir / "score_image.json")
+            fig["map_blend"] = _evaluate(data.solution, submission, out / "score.json")
+            fig["map_submission"] = fig["map_blend"]
+    fig["stage_s"] = dict(run.stage_s)
+    fig["stage_cpu_s"] = dict(run.stage_cpu_s)
+    fig["total_s"] = round(time.perf_counter() - run.t0, 1)
+    fig["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    summary = {key: fig.get(key) for key in SUMMARY_KEYS} | {"options": fig["options"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ----------------------------------------------------------------------------- the report page
+def report_argv(out: Path, summary: dict[str, Any]) -> list[str]:
+    """``cellcls report`` arguments for a finished demo folder: every input it made that exists."""
+    out, root = Path(out), Path(summary["data"])
+    argv: list[str] = ["report", "--out", str(out / "report"), "--title", f"cellcls demo: {root}"]
+    evaluations = (("prior", out / "score_prior.json"), ("image", out / "test_scores" / "score_image.json"),
+                   ("cell", out / "test_scores" / "score_cell.json"), ("blend", out / "score.json"))
+    for name, path in evaluations:
+        argv += ["--evaluation", f"{name}={path}"] if path.is_file() else []
+    if (out / "segment_score.json").is_file():
+        argv += ["--segmentation", f"test={out / 'segment_score.json'}"]
+    for name in ("cell", "image", "cell_pseudo"):
+        for log_csv in sorted((out / "runs" / name / "logs").glob("version_*/metrics.csv"))[-1:]:
+            argv += ["--train-log", f"{name}={log_csv}"]
+    labelled = out / "pseudo_scores.parquet"
+    labelled = labelled if labelled.is_file() else out / "validation" / "cell.parquet"
+    if labelled.is_file():
+        argv += ["--scores", str(labelled), "--labels", str(root / "train.csv")]
+    if (out / "scores.parquet").is_file():
+        argv += ["--images", str(root / "test"), "--masks", str(out / "masks" / "test"),
+                 "--overlay-scores", str(out / "scores.parquet")]
+        argv += ["--truth", str(root / "truth")] if (root / "truth").is_dir() else []
+    return argv
+
+
+# ----------------------------------------------------------------------------- the printed table
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any], out: Path) -> str:
+    """The closing table of a demo run (what summary.json holds, for people)."""
+    lines = [f"== demo summary ({summary['data']}; {summary['n_train']} train / {summary['n_test']} test images)"]
+    cells = _fmt(summary["cells_found"]) + (f" (truth {summary['cells_true']})" if summary["cells_true"] else "")
+    rows = [
+        ("test cells found", cells),
+        ("segmentation F1 at IoU 0.6", _fmt(summary["segment_f1"])),
+        ("image model macro F1 (test images)", _fmt(summary["image_macro_f1"])),
+        ("test mAP@0.6, prior (floor)", _fmt(summary["map_prior"])),
+        ("test mAP@0.6, image model only", _fmt(summary["map_image"])),
+        ("test mAP@0.6, cell model only", _fmt(summary["map_cell"])),
+        (f"test mAP@0.6, blend {summary['blend']} (submission)", _fmt(summary["map_blend"])),
+        ("pseudo-label round", "yes" if summary["pseudo"] else "no"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    times = ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_s"].items())
+    cpu = sum(summary.get("stage_cpu_s", {}).values())
+    lines.append(f"  time per stage (s): {times}; total {summary['total_s']:.0f} s ({cpu:.0f} s of CPU)")
+    lines.append(f"  submission: {summary['submission']}; figures: {Path(out) / 'summary.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""``cellcls demo``: the recipe end to end on a tiny world, on a folder without a solution, and its pseudo labels."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellcls.classes import NEGATIVE, NUM_CLASSES
+from cellcls.cli import main as cellcls_main
+from infer.demo import SUMMARY_KEYS, image_label_pseudo
+
+TINY = ["--train", "16", "--test", "4", "--size", "192", "--epochs", "1", "--tta", "none", "--no-progress"]
+
+
+# ----------------------------------------------------------------------------- pseudo labels (pure)
+def _labels(*classes: int) -> np.ndarray:
+    row = np.zeros(NUM_CLASSES, dtype=bool)
+    row[list(classes)] = True
+    return row
+
+
+def test_pseudo_labels_keep_only_the_image_labels_and_rescale_to_the_best_cell():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.05, 0.9, size=(5, NUM_CLASSES))
+    scores[2, 3] = 0.6  # the most likely cell of class 3
+    scores[:, 3] = np.minimum(scores[:, 3], 0.6)
+    soft = image_label_pseudo(scores, _labels(3, 7))
+    others = [c for c in range(NUM_CLASSES) if c not in (3, 7, NEGATIVE)]
+    assert np.all(soft[:, others] == 0)
+    assert soft[2, 3] == pytest.approx(1.0)
+    np.testing.assert_allclose(soft[:, 3], scores[:, 3] / 0.6, rtol=1e-6)
+    np.testing.assert_allclose(soft[:, NEGATIVE], 1 - soft[:, [3, 7]].max(axis=1), rtol=1e-6)
+    assert scores[2, 3] == 0.6  # input untouched
+
+
+def test_pseudo_labels_of_a_negative_image_are_all_negative():
+    soft = image_label_pseudo(np.full((3, NUM_CLASSES), 0.4), _labels(NEGATIVE))
+    assert np.all(soft[:, NEGATIVE] == 1) and np.all(np.delete(soft, NEGATIVE, axis=1) == 0)
+
+
+def test_data_not_in_kaggle_layout_is_one_error_naming_what_is_missing(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    code = cellcls_main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "sample_submission.csv" in err and "train.csv" in err
+
+
+# ----------------------------------------------------------------------------- end to end (slow)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert cellcls_main(["demo", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_stage_and_scores_a_valid_submission(tiny_run, capsys):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert list(summary["stage_s"]) == ["world", "folds", "stats", "segment", "prior", "train", "blend",
+                                        "pseudo", "predict", "check", "evaluate"]
+    for key in ("map_prior", "map_image", "map_cell", "map_blend", "segment_f1"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["cells_found"] > 0 and summary["cells_true"] > 0
+    assert summary["blend"] in summary["blend_choice"]
+    assert summary["pseudo"] and Path(summary["pseudo"]).is_file()
+    sample = tiny_run / "world" / "sample_submission.csv"
+    assert cellcls_main(["check-submission", summary["submission"], "--sample", str(sample)]) == 0
+    assert (tiny_run / "runs" / "cell" / "checkpoints" / "last.ckpt").is_file()
+    assert (tiny_run / "runs" / "image" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_own_data_without_solution_is_not_scored_but_gets_a_valid_submission(tiny_run, tmp_path):
+    data = tmp_path / "kaggle"
+    world = tiny_run / "world"
+    for name in ("train", "test"):
+        shutil.copytree(world / name, data / name)
+    for name in ("train.csv", "sample_submission.csv"):
+        shutil.copy(world / name, data / name)
+    out = tmp_path / "run"
+    # Without world.json the images would be taken for full-resolution HPA fields and shrunk by 4.
+    argv = ["demo", "--data", str(data), "--out", str(out), "--image-scale", "0.25", "--no-pseudo", *TINY[6:]]
+    assert cellcls_main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert all(summary[k] is None for k in ("map_prior", "map_image", "map_cell", "map_blend", "segment_f1"))
+    assert summary["blend"] == "mean:w=0.7" and summary["blend_choice"] is None
+    assert "world" not in summary["stage_s"] and "evaluate" not in summary["stage_s"]
+    assert Path(summary["submission"]) == out / "submission.csv"
+    assert cellcls_main(["check-submission", str(out / "submission.csv"),
+                         "--sample", str(data / "sample_submission.csv")]) == 0
