@@ -29,6 +29,7 @@ __all__ = [
     "PluginError",
     "LossError",
     "EmbeddingError",
+    "ReportError",
 ]
 
 
@@ -131,3 +132,8 @@ class LossError(CellclsError, ValueError):
 class EmbeddingError(CellclsError, ValueError):
     """An embeddings file (``.npz``) or array is malformed: missing arrays, shapes that disagree, NaN,
     rows not L2-normalised, repeated IDs, or dimensions that differ between two files."""
+
+
+class ReportError(CellclsError, ValueError):
+    """An input of ``cellcls report`` is malformed: an evaluation or segmentation JSON without its fields,
+    a training log without ``epoch``/``step`` columns, a ``NAME=PATH`` option without a name."""

@@ -72,7 +72,7 @@ def _snippet(text: str | bytes) -> str:
 def _check_shape(shape: Any) -> tuple[int, int]:
     try:
         h, w = (int(s) for s in shape)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an infinite float
         raise MaskCodecError(f"mask size must be (H, W) with two integers, got {shape!r}") from exc
     if h <= 0 or w <= 0:
         raise MaskCodecError(f"mask size must be positive (H, W), got {(h, w)}")

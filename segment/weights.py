@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import pickle
+import pickletools
 import types
 import warnings
 import zipfile
@@ -274,26 +275,38 @@ def _module_tensors(root: nn.Module, source: str) -> dict[str, torch.Tensor]:
         if id(module) in ancestors or len(ancestors) > _MAX_MODULE_DEPTH:
             raise WeightsError(f"{source}: the module tree under {where} is cyclic or too deep")
         state = vars(module)
-        non_persistent = state.get("_non_persistent_buffers_set") or set()
+        non_persistent = _slot(state, "_non_persistent_buffers_set", (set, frozenset), source, where)
         for group in ("_parameters", "_buffers"):
-            for name, value in (state.get(group) or {}).items():
+            for name, value in _slot(state, group, Mapping, source, where).items():
                 if value is None or name in non_persistent:
                     continue
                 if not isinstance(value, torch.Tensor):
                     raise WeightsError(f"{source}: {prefix}{name} is a {type(value).__name__}, not a tensor")
-                tensors[prefix + name] = value
-        for name, child in (state.get("_modules") or {}).items():
+                tensors[f"{prefix}{name}"] = value
+        for name, child in _slot(state, "_modules", Mapping, source, where).items():
             visit(f"{prefix}{name}.", child, ancestors | {id(module)})
 
     visit("", root, frozenset())
     return dict(sorted(tensors.items()))
 
 
+def _slot(state: dict[str, Any], name: str, kind: Any, source: str, where: str) -> Any:
+    """``state[name]`` of an unpickled module, checked to be a ``kind`` (empty when absent or None)."""
+    value = state.get(name)
+    if value is None:
+        return {} if kind is Mapping else set()
+    if not isinstance(value, kind):
+        raise WeightsError(f"{source}: {name} of {where} is a {type(value).__name__}, not what torch writes")
+    return value
+
+
 def _as_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str, bool | None]:
     if isinstance(obj, nn.Module):
-        inner = vars(obj).get("_modules", {}).get("module") if isinstance(obj, nn.DataParallel) else obj
+        children = vars(obj).get("_modules")
+        wrapped = isinstance(obj, nn.DataParallel) and isinstance(children, Mapping)
+        inner = children.get("module") if wrapped else obj
         training = vars(inner).get("training") if isinstance(inner, nn.Module) else None
-        flag = None if training is None else bool(training)
+        flag = training if isinstance(training, bool) else None
         return _module_tensors(obj, source), "pickled_module", flag
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
@@ -315,6 +328,44 @@ def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str,
     return {key.removeprefix(prefix): value for key, value in state_dict.items()}, True
 
 
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+_LEGACY_PICKLES = 5  # magic number, protocol, system info, the object, the storage keys
+
+
+def _memo_problem(stream: Any, *, pickles: int = 1) -> str | None:
+    """Why the first ``pickles`` pickles of ``stream`` would make CPython's unpickler allocate wildly, or None.
+
+    A pickler numbers its memo entries 0, 1, 2, ... and each PUT takes two bytes or more, so an index
+    beyond the bytes of its pickle read so far is damage: CPython's unpickler would first grow its memo
+    table to twice that index, 8 bytes a slot (7 GB for one flipped byte of the published layout).
+    Scanning stops where the unpickler would stop first: at a malformed opcode, or at a GLOBAL outside
+    ``ALLOWED_GLOBALS`` (refused by name, UnsafeWeightsError).
+    """
+    for _ in range(pickles):
+        start = stream.tell()
+        try:
+            for opcode, arg, pos in pickletools.genops(stream):
+                if opcode.name == "GLOBAL" and tuple(str(arg).split(" ", 1)) not in ALLOWED_GLOBALS:
+                    return None
+                if opcode.name in _MEMO_PUTS and isinstance(arg, int) and arg > pos - start:
+                    return f"memo index {arg} at byte {pos} lies beyond the pickle read so far (damaged file)"
+        except (ValueError, EOFError):
+            return None
+    return None
+
+
+def _check_pickle(path: Path, container: str) -> None:
+    if container == "zip":
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+            problem = None if name is None else _memo_problem(archive.open(name))
+    else:
+        with open(path, "rb") as stream:
+            problem = _memo_problem(stream, pickles=_LEGACY_PICKLES)
+    if problem:
+        raise WeightsError(f"{path}: cannot read the weight file: {problem}")
+
+
 def _load_object(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -322,6 +373,12 @@ def _load_object(path: Path) -> Any:
         # Not a plain state dict (e.g. the published whole-module pickles): use the allowlist instead.
         logger.debug("%s: not loadable with weights_only=True; using the restricted unpickler", path)
         return _torch_load_restricted(path)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether a zip file holds a TorchScript archive (zipfile raises many types on a damaged one)."""
+    with zipfile.ZipFile(path) as archive:
+        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
 
 
 def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
@@ -335,13 +392,13 @@ def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"weight file {path} does not exist")
-    container: Literal["zip", "legacy"] = "zip" if zipfile.is_zipfile(path) else "legacy"
-    if container == "zip":
-        with zipfile.ZipFile(path) as archive:
-            if any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist()):
-                # torch.load would hand a TorchScript archive to torch.jit.load: not a weight file.
-                raise WeightsError(f"{path} is a TorchScript archive, not a DPNUnet weight file")
     try:
+        # is_zipfile itself raises on some damaged end records (BadZipFile: a zip64 locator naming 2 disks)
+        container: Literal["zip", "legacy"] = "zip" if zipfile.is_zipfile(path) else "legacy"
+        if container == "zip" and _is_torchscript(path):
+            # torch.load would hand a TorchScript archive to torch.jit.load: not a weight file.
+            raise WeightsError(f"{path} is a TorchScript archive, not a DPNUnet weight file")
+        _check_pickle(path, container)
         obj = _load_object(path)
     except WeightsError:
         raise

@@ -78,10 +78,38 @@ def check_geometry(image_id: str, seg_shape: tuple[int, ...], original_shape: tu
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    meta = json.loads(path.read_bytes())
+    """The JSON object of a sidecar; ValueError (or OSError) when it is not one."""
+    try:
+        meta = json.loads(path.read_bytes())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(meta, dict):
         raise ValueError("not a JSON object")
     return meta
+
+
+def _kind_of(value: Any, kind: str) -> bool:
+    if kind == "text":
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if kind == "int" else bool(np.isfinite(value))
+
+
+def field_problem(meta: dict[str, Any], kinds: dict[str, str], *, required: bool) -> str | None:
+    """Why a sidecar's fields do not have their JSON types, or None.
+
+    ``kinds`` maps a field to "int", "number" (finite) or "text"; ``required``: a missing or null
+    field is a problem too (an "ok" entry), else it is allowed (a failed entry has no sizes).
+    """
+    for name, kind in kinds.items():
+        value = meta.get(name)
+        if value is None and not required:
+            continue
+        if not _kind_of(value, kind):
+            wanted = {"int": "an integer", "number": "a finite number", "text": "a string"}[kind]
+            return f"field {name!r} is {value!r:.60}, not {wanted}"
+    return None
 
 
 def to_json(meta: dict[str, Any]) -> bytes:
@@ -115,3 +143,17 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def entry_problem(image_id: str, meta: dict[str, Any], kinds: dict[str, str]) -> str | None:
+    """Why the sidecar of an "ok" entry cannot describe its maps (a field of ``kinds`` missing or of the
+    wrong type, sizes that do not fit each other), or None."""
+    problem = field_problem(meta, kinds, required=True)
+    if problem:
+        return problem
+    try:
+        check_geometry(image_id, (meta["seg_height"], meta["seg_width"]),
+                       (meta["original_height"], meta["original_width"]), meta["scale"])
+    except CacheError as exc:
+        return str(exc)
+    return None

@@ -59,10 +59,12 @@ __all__ = [
 import hashlib
 import io
 import logging
+import lzma
 import os
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +84,8 @@ from ._files import (
     check_geometry,
     check_id,
     check_key,
+    entry_problem,
+    field_problem,
     json_params,
     read_sidecar,
     to_json,
@@ -111,6 +115,11 @@ MANIFEST_COLUMNS = (
 _INT_COLUMNS = ("original_height", "original_width", "seg_height", "seg_width", "n_cells", "cache_version")
 _TEXT_COLUMNS = ("ID", "status", "error", "backend", "params_hash", "mask_key", "dtype", "cellcls_version",
                  "written_at")
+# JSON type of every sidecar field the reader uses: an "ok" entry must have them all.
+_OK_FIELDS = {**{column: "int" for column in _INT_COLUMNS}, "scale": "number",
+              **{column: "text" for column in ("backend", "params_hash", "mask_key", "dtype")}}
+_MANIFEST_KINDS = {**{column: "int" for column in _INT_COLUMNS}, "scale": "number",
+                   **{column: "text" for column in _TEXT_COLUMNS if column != "ID"}}
 _DATA_SUFFIX = ".npz"
 _SIDECAR_SUFFIX = ".json"
 _MANIFEST_NAME = "manifest.csv"
@@ -484,6 +493,9 @@ class MaskCache:
             return _Check("corrupt", meta, f"sidecar {sidecar} has status {meta.get('status')!r}")
         if not isinstance(meta.get("mask_key"), str):
             return _Check("corrupt", meta, f"sidecar {sidecar} records no mask_key")
+        problem = entry_problem(image_id, meta, _OK_FIELDS)
+        if problem:
+            return _Check("corrupt", meta, f"sidecar {sidecar}: {problem}")
         payload, problem = self._read_payload(image_id, meta)
         return _Check("corrupt", meta, problem) if problem else _Check("ok", meta, None, payload)
 
@@ -508,7 +520,10 @@ class MaskCache:
         try:
             with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
                 cells, nuclei = archive["cells"], archive["nuclei"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # zipfile/zlib raise many types on damaged archives: a bad deflate stream, an unknown
+        # compression method (NotImplementedError), an "encrypted" flag (RuntimeError), bad LZMA data.
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+                NotImplementedError, RuntimeError) as exc:
             raise CacheError(self._read_error(image_id, "corrupt", f"data file {path} is unreadable: {exc}")) from exc
         for name, array in (("cells", cells), ("nuclei", nuclei)):
             if array.shape != expected or array.dtype.name != meta.get("dtype"):
@@ -555,6 +570,11 @@ class MaskCache:
             meta = read_sidecar(Path(entry.path))
         except (OSError, ValueError) as exc:
             return {"ID": image_id, "status": "corrupt", "error": f"unreadable sidecar {entry.path}: {exc}"}
+        problem = field_problem(meta, _MANIFEST_KINDS, required=False)
+        if problem is None and meta.get("status") == "ok":
+            problem = entry_problem(image_id, meta, _OK_FIELDS)
+        if problem:
+            return {"ID": image_id, "status": "corrupt", "error": f"sidecar {entry.path}: {problem}"}
         row = {column: meta.get(column) for column in MANIFEST_COLUMNS}
         row["ID"] = image_id
         return row
@@ -576,7 +596,16 @@ class MaskCache:
             return None
         if list(frame.columns) != list(MANIFEST_COLUMNS) or set(frame["ID"]) != set(sidecars):
             return None
-        return _manifest_frame(frame)
+        try:
+            frame = _manifest_frame(frame)
+        except (TypeError, ValueError) as exc:
+            log.warning("ignoring %s with values of the wrong type (%s); reading the sidecars", self.manifest_path, exc)
+            return None
+        ok = frame["status"].eq("ok").fillna(False).astype(bool)
+        if frame.loc[ok, list(_OK_FIELDS)].isna().any(axis=None):
+            log.warning("ignoring %s: an 'ok' row lacks a value; reading the sidecars", self.manifest_path)
+            return None
+        return frame
 
     def _remove_stale_temp_files(self) -> None:
         cutoff = time.time() - _STALE_TEMP_AGE_S

@@ -35,7 +35,7 @@ import torch
 from timm.models import adapt_input_conv, get_model_traits
 from torch import nn
 
-from ..errors import UnsafeWeightsError, WeightsError, WeightsNotFoundError
+from ..errors import CellclsError, UnsafeWeightsError, WeightsError, WeightsNotFoundError
 
 __all__ = ["read_checkpoint", "load_pretrained", "load_model_from_checkpoint", "model_config_from_hparams"]
 
@@ -295,7 +295,7 @@ def model_config_from_hparams(hparams: Any, *, path: str | os.PathLike | None = 
     source, dedicated = _model_section(hparams)
     name_key = next((k for k in _NAME_KEYS if isinstance(source.get(k), str)), None)
     if name_key is None:
-        raise WeightsError(f"{where}hyper_parameters name no timm model (keys: {sorted(source)}); expected one "
+        raise WeightsError(f"{where}hyper_parameters name no timm model (keys: {sorted(map(str, source))}); expected one "
                            f"of {list(_NAME_KEYS)} or a 'model' dict as CellModel.config gives")
     if dedicated:
         config = {k: v for k, v in source.items() if k not in _NOT_CONFIG and k != name_key}
@@ -336,9 +336,15 @@ def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict
     if not _is_lightning(raw):
         raise WeightsError(f"{path} is not a Lightning checkpoint (no 'state_dict' with 'hyper_parameters'); "
                            "for a bare state dict use create_model(name, ..., pretrained_file=path)")
-    hparams = dict(raw.get("hyper_parameters") or {})
     config = model_config_from_hparams(raw.get("hyper_parameters"), path=path)
-    model = create_model(**config)
+    hparams = dict(raw["hyper_parameters"])
+    try:
+        model = create_model(**config)
+    except CellclsError:
+        raise
+    except Exception as err:  # the config comes from the file: timm/torch raise many types on bad values
+        raise WeightsError(f"{path}: its hyper_parameters give create_model({config!r:.300}), which fails: "
+                           f"{type(err).__name__}: {err}") from err
     _load_checked(model, _lightning_state_dict(raw, path), path, strict=True, what=f"the model {config}")
     _logger.info("rebuilt %s from %s", config, path)
     return model.eval(), hparams
