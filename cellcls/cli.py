@@ -50,12 +50,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import textwrap
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
+
+# Everything runs offline, with or without the Makefile's exports: importing albumentations would
+# otherwise ask pypi.org for a newer version, and timm's hub client would try the Hugging Face hub.
+# Set before any command imports them (every command runs through this module); a user's own value wins.
+for _name in ("NO_ALBUMENTATIONS_UPDATE", "HF_HUB_OFFLINE"):
+    os.environ.setdefault(_name, "1")
 
 __all__ = [
     "Command",
