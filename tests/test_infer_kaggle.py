@@ -31,13 +31,15 @@ def _cell_labels(world: Path, masks: Path, out: Path) -> Path:
     import cv2
 
     from cellcls.masks import MaskCache
+    from cellcls.scores import score_frame, write_scores
 
     truth = pd.read_csv(world / "truth" / "cells.csv", dtype={"ID": str, "labels": str})
     labels = {(r.ID, int(r.cell_id)): [int(c) for c in str(r.labels).split("|")] for r in truth.itertuples()}
     reader = MaskCache(masks).reader()
-    rows = []
+    frames = []
     for image_id in reader.ids():
         entry = reader.read(image_id, upscale=True)
+        cell_ids, targets = [], []
         true = cv2.imread(str(world / "truth" / f"{image_id}_cells.png"), cv2.IMREAD_UNCHANGED).astype(np.int64)
         for cell in np.unique(entry.cells[entry.cells > 0]).tolist():
             hits = true[entry.cells == cell]
@@ -46,8 +48,11 @@ def _cell_labels(world: Path, masks: Path, out: Path) -> Path:
             best = int(np.bincount(hits).argmax()) if hits.size else 0
             for c in labels.get((image_id, best), [18]):
                 target[c] = 1.0
-            rows.append([image_id, cell, *target.tolist()])
-    pd.DataFrame(rows, columns=["ID", "cell_id", *[str(c) for c in range(19)]]).to_csv(out, index=False)
+            cell_ids.append(cell)
+            targets.append(target)
+        if cell_ids:
+            frames.append(score_frame(image_id, cell_ids, np.stack(targets), mask_key=entry.mask_key, source="truth"))
+    write_scores(pd.concat(frames, ignore_index=True), out)
     return out
 
 
