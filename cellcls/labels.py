@@ -30,6 +30,8 @@ __all__ = [
     "read_hpa_public_tsv",
     "hpa_image_id",
     "write_labels_csv",
+    "ID_COLUMNS",
+    "read_ids_csv",
 ]
 
 log = logging.getLogger(__name__)
@@ -315,3 +317,34 @@ def write_labels_csv(table: LabelTable, path: PathLike) -> None:
     frame = pd.concat([frame, table.extra.reset_index(drop=True)], axis=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
+
+
+#: Columns that name an image in the CSV/TSV files users pass with ``--ids`` (train.csv,
+#: sample_submission.csv, HPA's kaggle_2021.tsv), in order of preference.
+ID_COLUMNS = ("ID", "Id", "id", "Image", "image_id")
+
+
+def read_ids_csv(path: PathLike) -> list[str]:
+    """Image IDs from the ID column of a CSV or TSV (``train.csv``, ``sample_submission.csv``, ...).
+
+    The first of :data:`ID_COLUMNS` present is used; tab-separated files are detected. Order kept,
+    empty cells skipped, duplicates dropped.
+
+    Raises
+    ------
+    BadLabelRowError
+        The file has none of the ID columns.
+    """
+    import csv
+
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        head = handle.readline()
+        handle.seek(0)
+        reader = csv.DictReader(handle, delimiter="\t" if "\t" in head and "," not in head else ",")
+        columns = reader.fieldnames or []
+        column = next((c for c in ID_COLUMNS if c in columns), None)
+        if column is None:
+            raise BadLabelRowError(f"{path}: no ID column; expected one of {', '.join(ID_COLUMNS)}, found {columns}")
+        ids = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
+    return list(dict.fromkeys(ids))

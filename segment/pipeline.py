@@ -14,7 +14,6 @@ redoes exactly the missing, failed, stale and corrupt entries.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from cellcls.labels import read_ids_csv  # noqa: F401 (re-exported: part of this module's API)
 
 __all__ = [
     "EXIT_OK",
@@ -51,31 +52,11 @@ EXIT_OK = 0
 #: Exit code of a run that finished but could not segment some images (listed as failed in the cache).
 EXIT_FAILURES = 3
 
-_ID_COLUMNS = ("ID", "Id", "id", "Image", "image_id")
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def read_ids_csv(path: str | os.PathLike) -> list[str]:
-    """Image IDs from a CSV with an ``ID`` column (``train.csv``, ``sample_submission.csv``...).
-
-    Also accepts ``Image`` (HPA's ``kaggle_2021.tsv``; tab-separated files are detected). Order
-    kept, duplicates dropped. Raises ``BadLabelRowError`` when no ID column exists.
-    """
-    from cellcls.errors import BadLabelRowError
-
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        head = handle.readline()
-        handle.seek(0)
-        reader = csv.DictReader(handle, delimiter="\t" if "\t" in head and "," not in head else ",")
-        columns = reader.fieldnames or []
-        column = next((c for c in _ID_COLUMNS if c in columns), None)
-        if column is None:
-            raise BadLabelRowError(f"{path}: no ID column; expected one of {', '.join(_ID_COLUMNS)}, found {columns}")
-        ids = [row[column].strip() for row in reader if row.get(column, "").strip()]
-    return list(dict.fromkeys(ids))
 
 
 def resolve_image_scale(images_dir: str | os.PathLike, image_scale: str | float) -> tuple[float, str]:

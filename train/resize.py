@@ -34,7 +34,6 @@ run with a different ``size`` into the same folder is refused (it would mix size
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -46,7 +45,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from cellcls.classes import CHANNELS
-from cellcls.errors import BadLabelRowError, CellclsError, ImageError, ParameterError
+from cellcls.errors import CellclsError, ImageError, ParameterError
+from cellcls.labels import read_ids_csv
 
 __all__ = [
     "EXIT_OK",
@@ -71,7 +71,6 @@ EXIT_FAILURES = 3
 MANIFEST_NAME = "resize.json"
 _TMP_PREFIX = ".partial-"
 _OUT_EXT = "png"
-_ID_COLUMNS = ("ID", "Id", "id", "Image")
 
 
 # --------------------------------------------------------------------------- maths
@@ -259,19 +258,6 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def read_ids_csv(path: str | os.PathLike) -> list[str]:
-    """Image IDs from the ``ID`` (or ``Image``) column of a CSV/TSV, order kept, duplicates dropped."""
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        head = handle.readline()
-        handle.seek(0)
-        reader = csv.DictReader(handle, delimiter="\t" if "\t" in head and "," not in head else ",")
-        columns = reader.fieldnames or []
-        column = next((c for c in _ID_COLUMNS if c in columns), None)
-        if column is None:
-            raise BadLabelRowError(f"{path}: no ID column; expected one of {', '.join(_ID_COLUMNS)}, found {columns}")
-        ids = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
-    return list(dict.fromkeys(ids))
 
 
 def _check_manifest(out: Path, size: int, overwrite: bool) -> None:
