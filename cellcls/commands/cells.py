@@ -22,27 +22,14 @@ def _cell_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _read_ids(path: str) -> list[str]:
-    import pandas as pd
-
-    from cellcls.errors import CellclsError
-
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise CellclsError(f"--ids {path}: cannot read it as CSV ({exc})") from exc
-    if "ID" not in frame.columns:
-        raise CellclsError(f"--ids {path}: no column 'ID' (columns: {list(frame.columns)}); "
-                           "pass a file with one image ID per row under an 'ID' header")
-    return list(dict.fromkeys(frame["ID"].tolist()))
-
-
 def _cell_table_run(args: argparse.Namespace) -> int:
     from cellcls.masks import MaskCache
     from cellcls.masks.table import cache_cell_table, write_cell_table
 
     reader = MaskCache(args.masks).reader()
-    ids = _read_ids(args.ids) if args.ids else reader.ids()
+    from cellcls.labels import read_ids_csv
+
+    ids = read_ids_csv(args.ids) if args.ids else reader.ids()
     table = cache_cell_table(reader, ids=ids, progress=not (args.no_progress or args.quiet))
     path = write_cell_table(table, args.out)
     n_images = len(ids)

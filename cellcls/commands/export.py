@@ -25,25 +25,12 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_option(parser)
 
 
-def _read_ids(path: str) -> list[str]:
-    import pandas as pd
-
-    from cellcls.errors import CellclsError
-
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise CellclsError(f"--ids {path}: cannot read it as CSV ({exc})") from exc
-    if "ID" not in frame.columns:
-        raise CellclsError(f"--ids {path}: no column 'ID' (columns: {list(frame.columns)}); "
-                           "pass a CSV with one image ID per row under an 'ID' header")
-    return frame["ID"].tolist()
-
-
 def _export_run(args: argparse.Namespace) -> int:
     from cellcls.masks.export import export_masks
 
-    ids = _read_ids(args.ids) if args.ids else None
+    from cellcls.labels import read_ids_csv
+
+    ids = read_ids_csv(args.ids) if args.ids else None
     summary = export_masks(args.masks, args.out, fmt=args.format, ids=ids, nuclei=args.nuclei,
                            compression=args.tiff_compression, progress=progress_enabled(args))
     per_image = 2 if args.nuclei else 1
