@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 
 DEMO_DIR ?= demo_out
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Short runs of every benchmark (minutes); `make bench` is the full run. Both rewrite benchmarks/README.md's
+# generated section and benchmarks/plots/.
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
