@@ -33,6 +33,39 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of images with a random non-square aspect, in [0, 1] (default 0)",
     )
     parser.add_argument("--preview", action="store_true", help="also write DIR/preview.png, one image per class")
+    group = parser.add_argument_group(
+        "drawing the world differently",
+        "Each option changes the world only when given (the default world is unchanged byte for byte); "
+        "the choices are recorded under \"variant\" in world.json.",
+    )
+    group.add_argument(
+        "--variant", choices=("default", "shifted"), default=None,
+        help="preset of the four options below; 'shifted' = --cell-shape irregular --renderer alt --class-mix flat "
+        "--negative-share 0.1 0.5 (a world drawn differently in one flag); explicit options override it",
+    )
+    group.add_argument(
+        "--cell-shape", choices=("default", "round", "elongated", "irregular"), default=None,
+        help="cell geometry: 'round' near-circular (long/short axis 1.0-1.12), 'elongated' spindle-like "
+        "(axis ratio 2.8-4.5, long aligned nuclei, parallel colonies), 'irregular' lobed, rough outlines "
+        "(low solidity); nuclei stay inside their cells (default: the cell lines' own shapes)",
+    )
+    group.add_argument(
+        "--renderer", choices=("default", "alt"), default=None,
+        help="green (protein) pattern textures: 'alt' = an independent set (other puncta sizes/counts, rim "
+        "profiles, filament thickness/orientation, ER/mitochondria scales), each class in its usual compartment; "
+        "for the same --seed only the green channel changes (geometry, labels, red/blue/yellow are the same bytes)",
+    )
+    group.add_argument(
+        "--class-mix", choices=("real", "flat", "rare"), default=None,
+        help="how often each class is a protein's location: 'real' = real train counts ** 0.75 (default), "
+        "'flat' = the 18 location classes equally likely, 'rare' = tilted towards rare classes "
+        "(counts ** -0.5); Negative keeps its real share (~0.3 %%) in all three",
+    )
+    group.add_argument(
+        "--negative-share", type=Bounded(float, low=0.0, high=1.0), nargs=2, default=None, metavar=("LO", "HI"),
+        help="range of each image's share of non-expressing cells (cell truth Negative), fractions in "
+        "0 <= LO <= HI <= 1, drawn per image and skewed towards LO (default 0 0.3)",
+    )
     add_progress_option(parser)
 
 
@@ -43,6 +76,16 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.train == 0 and args.test == 0 and not args.preview:
         raise CellclsError("nothing to do: give --train N and/or --test M (or --preview for the contact sheet)")
+    from ..synth.variants import resolve_variant
+
+    variant_options = {
+        "variant": args.variant,
+        "cell_shape": args.cell_shape,
+        "renderer": args.renderer,
+        "class_mix": args.class_mix,
+        "negative_share": tuple(args.negative_share) if args.negative_share is not None else None,
+    }
+    variant = resolve_variant(**variant_options)  # checks LO <= HI before anything is written
     out = Path(args.out)
     if args.train or args.test:
         from ..synth import generate_world
@@ -57,12 +100,13 @@ def _run(args: argparse.Namespace) -> int:
             scale=args.scale,
             non_square=args.non_square,
             progress=progress_enabled(args),
+            **variant_options,
         )
         print(summary.describe())
     if args.preview:
         from ..synth import preview_sheet
 
-        path = preview_sheet(out / "preview.png", seed=args.seed, scale=args.scale)
+        path = preview_sheet(out / "preview.png", seed=args.seed, scale=args.scale, variant=variant)
         print(f"contact sheet (one image per class): {path}")
     return 0
 
@@ -82,6 +126,8 @@ SYNTH = Command(
         cellcls synth --out world --train 200 --test 50 --seed 0
         cellcls synth --out world16 --train 20 --test 10 --size 512 --bit-depth 16 --non-square 0.2
         cellcls synth --out world --preview
+        cellcls synth --out shifted --train 200 --test 50 --size 512 --seed 0 --variant shifted
+        cellcls synth --out long --train 20 --test 10 --size 256 --cell-shape elongated --negative-share 0.2 0.6
     """,
     add_arguments=_add_arguments,
     run=_run,

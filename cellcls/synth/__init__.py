@@ -11,6 +11,8 @@ world. Geometry is defined in full-resolution HPA pixels and multiplied by ``sca
 * :mod:`cellcls.synth.difficulty` -- reference mAPs (image labels broadcast to cells, class
   prior, per-cell oracle) showing how hard a world is; heterogeneity is set by
   :data:`cellcls.synth.proteins.CELL_SHARE`.
+* :mod:`cellcls.synth.variants` -- draw a world differently (cell shapes, the ``alt`` green
+  renderer, class mixes, Negative shares; preset ``shifted``), ``generate_world(variant=...)``.
 """
 from .patterns import PATTERNS
 from .sample import SynthSample, make_sample

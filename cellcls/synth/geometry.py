@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from .shapes import DEFAULT_SHAPE, CellShape
+
 __all__ = [
     "CellLine",
     "CELL_LINES",
@@ -142,6 +144,7 @@ def _draw_specs(
     line: CellLine,
     n_cells: int,
     n_dividing: int,
+    form: CellShape = DEFAULT_SHAPE,
 ) -> list[CellSpec]:
     """Place cells by rejection sampling: colonies grow by budding next to placed cells."""
     h, w = shape
@@ -154,8 +157,9 @@ def _draw_specs(
             area = rng.uniform(16000, 26000) * scale**2
             elong, irr = rng.uniform(1.0, 1.1), 0.03
         else:
-            area = math.exp(rng.uniform(*np.log(line.cell_area_px))) * scale**2
-            elong, irr = rng.uniform(*line.elongation), line.irregularity
+            area = math.exp(rng.uniform(*np.log(line.cell_area_px))) * scale**2 * form.area_gain
+            elong = rng.uniform(*(form.elongation or line.elongation))
+            irr = line.irregularity * form.irregularity_gain
         r = math.sqrt(area / math.pi)
         a, b = r * math.sqrt(elong), r / math.sqrt(elong)
         margin = 0.35 * b
@@ -166,6 +170,7 @@ def _draw_specs(
                 lo_y, hi_y, lo_x, hi_x = -margin, h + margin, -margin, w + margin
         else:
             lo_y, hi_y, lo_x, hi_x = -margin, h + margin, -margin, w + margin
+        parent = None
         if specs and not dividing and rng.random() < 0.7:
             # bud off a random placed cell so that cells touch in colonies
             parent = specs[int(rng.integers(len(specs)))]
@@ -176,9 +181,11 @@ def _draw_specs(
                 continue
         else:
             cy, cx = rng.uniform(lo_y, hi_y), rng.uniform(lo_x, hi_x)
-        angle = rng.uniform(0, math.pi)
-        k = 4
-        harmonics = np.stack([irr * rng.uniform(0.3, 1.0, k) / np.arange(1, k + 1) ** 0.6, rng.uniform(0, 2 * math.pi, k)], 1)
+        if parent is not None and form.colony_angle_sd is not None:
+            angle = parent.angle + rng.normal(0, form.colony_angle_sd)  # parallel colonies
+        else:
+            angle = rng.uniform(0, math.pi)
+        harmonics = (DEFAULT_SHAPE if dividing else form).draw_harmonics(rng, irr)
         if dividing:
             # condensed chromosomes: a bar (metaphase plate) across the cell centre
             n_area = rng.uniform(5200, 7500) * scale**2
@@ -189,15 +196,16 @@ def _draw_specs(
             n_area = math.exp(rng.uniform(*np.log(line.nucleus_area_px))) * scale**2
             n_area = min(n_area, 0.4 * area)
             n_area = max(n_area, 1.25 * MIN_NUCLEUS_AREA_PX_FULL * scale**2)
-            n_el = rng.uniform(1.0, min(1.6, elong + 0.1))
-            n_angle = angle + rng.normal(0, 0.3)
+            n_el = rng.uniform(form.nucleus_elongation[0], min(form.nucleus_elongation[1], elong + 0.1))
+            n_angle = angle + rng.normal(0, form.nucleus_angle_sd)
             offset = line.nucleus_offset
         nr = math.sqrt(n_area / math.pi)
         na, nb = nr * math.sqrt(n_el), nr / math.sqrt(n_el)
         # the nucleus must fit inside the shortest radius of the outline with cytoplasm around it
-        room = b * (1 - float(harmonics[:, 0].sum())) * 0.85 - na
+        fit = na if dividing else form.nucleus_fit_radius(na, nb, n_angle, angle)
+        room = b * (1 - float(harmonics[:, 0].sum())) * 0.85 - fit
         if room < 0:
-            shrink = (b * (1 - float(harmonics[:, 0].sum())) * 0.8) / na
+            shrink = (b * (1 - float(harmonics[:, 0].sum())) * 0.8) / fit
             if shrink * shrink * n_area < 1.2 * MIN_NUCLEUS_AREA_PX_FULL * scale**2:
                 continue
             na, nb = na * shrink, nb * shrink
@@ -296,6 +304,7 @@ def layout_cells(
     line: CellLine,
     density: float,
     n_dividing: int = 0,
+    form: CellShape | None = None,
 ) -> Layout:
     """Draw the cells of one image.
 
@@ -307,6 +316,8 @@ def layout_cells(
     line : the cell line's morphology.
     density : expected cells per 2048 x 2048 full-resolution field (real images: ~10-45).
     n_dividing : number of round mitotic cells to place (kept away from the border).
+    form : the shape family of the interphase cells (:mod:`cellcls.synth.shapes`); None = the
+        default world's, with exactly its random draws.
 
     Returns
     -------
@@ -317,12 +328,14 @@ def layout_cells(
     h, w = shape
     field_area = (h / scale) * (w / scale)
     n_cells = max(1, int(rng.poisson(density * field_area / 2048.0**2)))
-    specs = _draw_specs(rng, shape, scale, line, n_cells, n_dividing)
+    form = DEFAULT_SHAPE if form is None else form
+    specs = _draw_specs(rng, shape, scale, line, n_cells, n_dividing, form)
     mean_r = math.sqrt(float(np.mean(line.cell_area_px)) / math.pi) * scale
-    warp_px = 0.10 * mean_r
+    warp_px = 0.10 * mean_r * form.warp_gain
+    corr_px = 0.8 * mean_r * form.warp_corr_gain
     warp = (
-        smooth_noise(rng, shape, 0.8 * mean_r) * np.float32(warp_px),
-        smooth_noise(rng, shape, 0.8 * mean_r) * np.float32(warp_px),
+        smooth_noise(rng, shape, corr_px) * np.float32(warp_px),
+        smooth_noise(rng, shape, corr_px) * np.float32(warp_px),
     )
     min_cell, min_nuc = MIN_CELL_AREA_PX_FULL * scale**2, MIN_NUCLEUS_AREA_PX_FULL * scale**2
     for attempt in range(4):

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..classes import CLASSES, NEGATIVE, NUM_CLASSES
 from .sample import SynthSample, make_sample
+from .variants import WorldVariant
 
 __all__ = ["preview_sheet", "class_tile", "green_display_range", "DEFAULT_GREEN_RANGE"]
 
@@ -27,9 +28,9 @@ def _full_scale(image: np.ndarray) -> float:
     return 255.0 if image.dtype == np.uint8 else float(np.iinfo(image.dtype).max)
 
 
-def _class_sample(class_id: int, *, seed: int, scale: float, tile_px: int) -> SynthSample:
+def _class_sample(class_id: int, *, seed: int, scale: float, tile_px: int, variant: WorldVariant | None = None) -> SynthSample:
     rng = np.random.default_rng([int(seed), int(class_id)])
-    return make_sample(rng, size_px=(tile_px, tile_px), scale=scale, labels=(class_id,), density=38.0)
+    return make_sample(rng, size_px=(tile_px, tile_px), scale=scale, labels=(class_id,), density=38.0, variant=variant)
 
 
 def _render_tile(sample: SynthSample, class_id: int, green_range: tuple[float, float]) -> np.ndarray:
@@ -106,15 +107,18 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [cur]
 
 
-def preview_sheet(path: str | Path, *, seed: int = 0, scale: float = 0.25, tile_px: int = 320) -> Path:
+def preview_sheet(
+    path: str | Path, *, seed: int = 0, scale: float = 0.25, tile_px: int = 320, variant: WorldVariant | None = None
+) -> Path:
     """Write a PNG contact sheet, one tile per class (0..18), to ``path``; returns the path.
 
     Each tile is a synthetic image whose protein has that single class; tiles are laid out
     5 per row, a 2-px dark grid between them. All tiles share one green display range
     (:func:`green_display_range` of the positive tiles), so brightness compares across tiles
-    and the Negative tile is as dark as it is.
+    and the Negative tile is as dark as it is. ``variant`` draws the tiles' cells and green
+    patterns differently (:func:`cellcls.synth.variants.resolve_variant`); None = the default.
     """
-    samples = [_class_sample(c, seed=seed, scale=scale, tile_px=tile_px) for c in range(NUM_CLASSES)]
+    samples = [_class_sample(c, seed=seed, scale=scale, tile_px=tile_px, variant=variant) for c in range(NUM_CLASSES)]
     green_range = green_display_range([s for c, s in enumerate(samples) if c != NEGATIVE])
     tiles = [_render_tile(s, c, green_range) for c, s in enumerate(samples)]
     rows = -(-len(tiles) // _COLS)

@@ -106,9 +106,13 @@ def validate_labels(labels: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-def draw_pattern_set(rng: np.random.Generator) -> tuple[int, ...]:
-    """1-3 location classes; Negative only ever alone."""
-    p = class_weights()
+def draw_pattern_set(rng: np.random.Generator, *, weights: np.ndarray | None = None) -> tuple[int, ...]:
+    """1-3 location classes; Negative only ever alone.
+
+    ``weights`` : (19,) float64 draw probabilities of the classes (summing to 1); None =
+    :func:`class_weights` (the real train counts ** 0.75).
+    """
+    p = class_weights() if weights is None else np.array(weights, np.float64)
     k = int(rng.choice(3, p=_N_CLASSES_P)) + 1
     first = int(rng.choice(NUM_CLASSES, p=p))
     if first == NEGATIVE:
@@ -122,18 +126,21 @@ def draw_pattern_set(rng: np.random.Generator) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
-def draw_protein(rng: np.random.Generator, group: str, pattern_set: Sequence[int] | None = None) -> Protein:
+def draw_protein(
+    rng: np.random.Generator, group: str, pattern_set: Sequence[int] | None = None, *, weights: np.ndarray | None = None
+) -> Protein:
     """A protein with a drawn (or given) pattern set and style.
 
     A drawn protein has, a third of the time, an alternate location that a few cells
     show; a protein with a given pattern set has none, so its cells show only those classes
-    (or Negative).
+    (or Negative). ``weights`` (19,) are the class draw probabilities of the locations and the
+    alternate (None = :func:`class_weights`).
     """
     alternate = None
     if pattern_set is None:
-        ps = draw_pattern_set(rng)
+        ps = draw_pattern_set(rng, weights=weights)
         if ps != (NEGATIVE,) and rng.random() < 0.35:
-            p = class_weights()
+            p = class_weights() if weights is None else np.array(weights, np.float64)
             p[list(ps) + [NEGATIVE, MITOTIC_SPINDLE]] = 0.0
             alternate = int(rng.choice(NUM_CLASSES, p=p / p.sum()))
     else:
@@ -171,11 +178,17 @@ class ImageShares:
     alternate: float = 0.0
 
 
-def draw_image_shares(rng: np.random.Generator, pattern_set: Sequence[int]) -> ImageShares:
+def draw_image_shares(
+    rng: np.random.Generator, pattern_set: Sequence[int], *, non_expressing: tuple[float, float] | None = None
+) -> ImageShares:
     """Draw one image's shares: each class's from its :data:`CELL_SHARE` range, plus the
-    non-expressing (:data:`NON_EXPRESSING_SHARE`) and alternate (:data:`ALTERNATE_SHARE`) shares."""
+    non-expressing and alternate (:data:`ALTERNATE_SHARE`) shares.
+
+    ``non_expressing`` : (low, high) range of the non-expressing (Negative) cell share, fractions
+    in [0, 1]; None = :data:`NON_EXPRESSING_SHARE`.
+    """
     per_class = {int(c): float(rng.uniform(*CELL_SHARE[c])) for c in pattern_set if c != NEGATIVE}
-    lo, hi = NON_EXPRESSING_SHARE
+    lo, hi = NON_EXPRESSING_SHARE if non_expressing is None else (float(non_expressing[0]), float(non_expressing[1]))
     # most images have a few non-expressing cells, some many: a skewed draw over the range
     non_expressing = lo + (hi - lo) * float(rng.beta(1.0, 2.5))
     return ImageShares(per_class, non_expressing, float(rng.uniform(*ALTERNATE_SHARE)))

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
 from .draw import blur, polylines, walks
 from .geometry import Layout, smooth_noise
-from .patterns import PATTERNS, CellContext
+from .patterns import PATTERNS, CellContext, PatternFn
 
 __all__ = ["Acquisition", "GreenStyle", "build_contexts", "render_objects", "acquire"]
 
@@ -145,11 +146,18 @@ def render_objects(
     *,
     scale: float,
     style: GreenStyle,
+    patterns: Mapping[int, PatternFn] | None = None,
+    pattern_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Noiseless object intensities (H, W, 4) float32 in RGBY order, peaks ~1.
 
     ``cell_labels[i]`` are the classes cell id ``i + 1`` shows (``(18,)`` = Negative).
+    ``patterns`` replaces the green pattern functions (None = :data:`PATTERNS`); they draw from
+    ``pattern_rng``, while the default patterns still take their draws from ``rng`` and are
+    discarded, so that for the same ``rng`` every channel but green is the same.
     """
+    if patterns is not None and pattern_rng is None:
+        raise ValueError("other green patterns need their own pattern_rng")
     h, w = layout.cells.shape
     obj = np.zeros((4, h, w), np.float32)
     contexts = build_contexts(layout, scale)
@@ -165,6 +173,8 @@ def render_objects(
         green = np.zeros(ctx.shape, np.float32)
         for c in labels:
             pat = PATTERNS[c](ctx, rng)
+            if patterns is not None:  # the default's draws are taken (above), its drawing dropped
+                pat = patterns[c](ctx, pattern_rng)
             # a pattern whose structure lies outside the crop (a centrosome beyond the image
             # border) keeps only its faint haze: stretching that to peak 1 would light the whole cell
             peak = max(float(pat.max()), _MIN_PATTERN_PEAK)

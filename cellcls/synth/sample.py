@@ -10,8 +10,12 @@ from ..classes import NEGATIVE
 from .geometry import CELL_LINES, CellLine, layout_cells
 from .proteins import MITOTIC_SPINDLE, Protein, assign_cell_labels, draw_acquisition, draw_image_shares, draw_protein
 from .render import acquire, render_objects
+from .shapes import cell_shape
+from .variants import DEFAULT_VARIANT, RENDERERS, WorldVariant, mix_weights, side_stream
 
 __all__ = ["SynthSample", "make_sample", "render_sample", "draw_density", "image_labels_from_cells"]
+
+_PATTERN_SALT = 0x9A77E2  # seeds the green stream of a non-default renderer
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,16 @@ def render_sample(
     line: CellLine,
     bit_depth: int = 8,
     density: float | None = None,
+    variant: WorldVariant | None = None,
 ) -> SynthSample:
-    """Draw one image of ``protein`` in cell line ``line``; see :func:`make_sample`."""
+    """Draw one image of ``protein`` in cell line ``line``; see :func:`make_sample`.
+
+    ``variant`` draws the cell shapes, green patterns and Negative share differently (its class
+    mix is used where the protein is drawn); None = the default world's drawing.
+    """
+    v = DEFAULT_VARIANT if variant is None else variant
     density = draw_density(rng) if density is None else float(density)
-    shares = draw_image_shares(rng, protein.pattern_set)
+    shares = draw_image_shares(rng, protein.pattern_set, non_expressing=v.negative_share)
     if MITOTIC_SPINDLE in protein.pattern_set:
         # the spindle's share is the share of dividing cells: 2-10 % of the expected cells, at least one
         expected_cells = density * (shape[0] / scale) * (shape[1] / scale) / 2048.0**2
@@ -79,13 +89,19 @@ def render_sample(
     else:
         n_dividing = int(rng.random() < 0.15)
     for _ in range(6):  # an image without any cell is useless: draw again, denser
-        layout = layout_cells(rng, shape, scale=scale, line=line, density=density, n_dividing=n_dividing)
+        layout = layout_cells(rng, shape, scale=scale, line=line, density=density, n_dividing=n_dividing, form=cell_shape(v.cell_shape))
         if layout.specs:
             break
         density *= 1.5
     dividing = [s.dividing for s in layout.specs]
     labels = assign_cell_labels(rng, protein.pattern_set, dividing, shares=shares, alternate=protein.alternate)
-    objects = render_objects(rng, layout, labels, scale=scale, style=protein.style)
+    if v.renderer == DEFAULT_VARIANT.renderer:
+        objects = render_objects(rng, layout, labels, scale=scale, style=protein.style)
+    else:  # other green textures from a stream of their own: every other channel stays the same
+        objects = render_objects(
+            rng, layout, labels, scale=scale, style=protein.style,
+            patterns=RENDERERS.get(v.renderer), pattern_rng=side_stream(rng, _PATTERN_SALT),
+        )
     image = acquire(rng, objects, scale=scale, settings=draw_acquisition(rng, protein), bit_depth=bit_depth)
     cell_labels = {i: lab for i, lab in enumerate(labels, start=1)}
     union = image_labels_from_cells(labels)
@@ -108,6 +124,7 @@ def make_sample(
     labels: Sequence[int] | None = None,
     bit_depth: int = 8,
     density: float | None = None,
+    variant: WorldVariant | None = None,
 ) -> SynthSample:
     """One synthetic HPA-like image with per-cell truth.
 
@@ -125,6 +142,8 @@ def make_sample(
         ``image_labels`` is what the cells show.
     bit_depth : 8 (uint8) or 16 (uint16, using the full 16-bit range).
     density : expected cells per 2048 x 2048 full-resolution field (real: ~10-45); None draws one.
+    variant : draw the image differently (:func:`cellcls.synth.variants.resolve_variant`: cell
+        shape, green renderer, class mix of a drawn pattern set, Negative share); None = default.
 
     Returns
     -------
@@ -144,6 +163,9 @@ def make_sample(
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     rng = _as_rng(seed)
-    protein = draw_protein(rng, "sample", labels)
+    v = DEFAULT_VARIANT if variant is None else variant
+    protein = draw_protein(rng, "sample", labels, weights=mix_weights(v.class_mix))
     line = CELL_LINES[int(rng.integers(len(CELL_LINES)))]
-    return render_sample(rng, shape=(h, w), scale=float(scale), protein=protein, line=line, bit_depth=bit_depth, density=density)
+    return render_sample(
+        rng, shape=(h, w), scale=float(scale), protein=protein, line=line, bit_depth=bit_depth, density=density, variant=v
+    )

@@ -13,7 +13,9 @@ Layout of ``out_dir`` (IDs are UUID-like strings drawn from the seed)::
     truth/{ID}_nuclei.png   uint16 nucleus map (nucleus pixels carry their cell's id)
     truth/cells.csv         ID,cell_id,labels,split,area_px,touches_border
     truth/images.csv        ID,split,group,cell_line,width,height,bit_depth,n_cells,labels
-    world.json              seed, scale, bit depth, counts, sizes, format version
+    world.json              seed, scale, bit depth, counts, sizes, format version; "variant"
+                            (cell_shape, renderer, class_mix, negative_share) only for a world
+                            drawn differently (absent = the default drawing)
 
 Every byte depends only on the arguments: PNGs are written with a fixed compression level and
 no timestamps, CSVs with fixed formatting, so the same seed reproduces every file.
@@ -41,6 +43,7 @@ from ..rle import EMPTY_MASK_FULL_FRAME, encode_label_map
 from .geometry import CELL_LINES
 from .proteins import Protein, draw_protein
 from .sample import SynthSample, render_sample
+from .variants import WorldVariant, mix_weights, resolve_variant
 
 __all__ = ["WorldSummary", "generate_world", "FORMAT_VERSION", "TEST_SIZES_FULL_PX", "write_png"]
 
@@ -122,14 +125,19 @@ def _group_sizes(rng: np.random.Generator, n_images: int) -> list[int]:
 
 
 def _plan(
-    rng: np.random.Generator, n_train: int, n_test: int, sizes: list[tuple[int, int]], image_seeds: Sequence[np.random.SeedSequence]
+    rng: np.random.Generator,
+    n_train: int,
+    n_test: int,
+    sizes: list[tuple[int, int]],
+    image_seeds: Sequence[np.random.SeedSequence],
+    weights: np.ndarray | None = None,
 ) -> tuple[list[_Plan], list[Protein], list[tuple[int, ...]]]:
     proteins: list[Protein] = []
     lines_of: list[tuple[int, ...]] = []  # cell lines each protein was imaged in
 
     def new_group() -> int:
         g = len(proteins)
-        proteins.append(draw_protein(rng, f"HPA{100000 + g * 37 + int(rng.integers(37)):06d}"))
+        proteins.append(draw_protein(rng, f"HPA{100000 + g * 37 + int(rng.integers(37)):06d}", weights=weights))
         k = int(rng.integers(1, 4))
         lines_of.append(tuple(int(x) for x in rng.choice(len(CELL_LINES), size=k, replace=False)))
         return g
@@ -183,6 +191,11 @@ def generate_world(
     scale: float = 0.25,
     non_square: float = 0.0,
     progress: bool = True,
+    variant: str | WorldVariant | None = None,
+    cell_shape: str | None = None,
+    renderer: str | None = None,
+    class_mix: str | None = None,
+    negative_share: tuple[float, float] | None = None,
 ) -> WorldSummary:
     """Generate and write a synthetic world (see the module docstring for the files).
 
@@ -197,6 +210,20 @@ def generate_world(
     scale : pixel size relative to full-resolution HPA (0.25 = quarter resolution).
     non_square : fraction of images given a random aspect (short side 0.5-0.875 of the long).
     progress : show a progress bar on stderr.
+    variant : a preset of :data:`cellcls.synth.variants.VARIANTS` (``"shifted"``) or a
+        :class:`~cellcls.synth.variants.WorldVariant`; None = the default drawing. The four
+        options below override it; each left None keeps the preset's (default's) choice.
+    cell_shape : cell geometry, ``default``/``round``/``elongated``/``irregular``
+        (:mod:`cellcls.synth.shapes`).
+    renderer : green pattern renderer, ``default`` or ``alt`` (:mod:`cellcls.synth.patterns_alt`);
+        for the same seed, ``alt`` changes only the green channel.
+    class_mix : frequencies of the proteins' location classes: ``real`` (train counts ** 0.75),
+        ``flat`` (18 classes equal) or ``rare`` (tilted towards rare classes).
+    negative_share : (low, high) fractions of cells, 0 <= low <= high <= 1: range of each
+        image's share of non-expressing (Negative) cells; default (0, 0.3).
+
+    The default drawing writes exactly the files it always did; any other choice is recorded
+    under ``"variant"`` in world.json.
     """
     from tqdm import tqdm
 
@@ -209,6 +236,13 @@ def generate_world(
         raise ValueError(f"non_square is a fraction in [0, 1], got {non_square}")
     if size_px is not None and int(size_px) < 32:
         raise ValueError(f"size_px must be at least 32, got {size_px}")
+    if isinstance(variant, WorldVariant):
+        variant = resolve_variant(
+            None, cell_shape=cell_shape or variant.cell_shape, renderer=renderer or variant.renderer,
+            class_mix=class_mix or variant.class_mix, negative_share=negative_share or variant.negative_share,
+        )
+    else:
+        variant = resolve_variant(variant, cell_shape=cell_shape, renderer=renderer, class_mix=class_mix, negative_share=negative_share)
     out = Path(out_dir)
     for sub in ("train", "test", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -216,7 +250,7 @@ def generate_world(
     rng = np.random.default_rng(world_ss)
     n_total = n_train + n_test
     sizes = _draw_sizes(rng, n_total, size_px, scale, non_square)
-    plans, proteins, lines_of = _plan(rng, n_train, n_test, sizes, images_ss.spawn(n_total))
+    plans, proteins, lines_of = _plan(rng, n_train, n_test, sizes, images_ss.spawn(n_total), mix_weights(variant.class_mix))
 
     files = {
         "train images": out / "train",
@@ -263,6 +297,7 @@ def generate_world(
                 protein=protein,
                 line=CELL_LINES[plan.line],
                 bit_depth=bit_depth,
+                variant=variant,
             )
             # PNG encoding releases the GIL: write in a thread while the next image is drawn
             pending.append(writer_pool.submit(_write_sample, out, plan, sample))
@@ -316,6 +351,8 @@ def generate_world(
             "truth/cells.csv": "one row per (image, cell): labels |-joined; 18 = Negative",
         },
     }
+    if not variant.is_default():
+        meta["variant"] = variant.as_json()
     files["world.json"].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="ascii")
     summary = WorldSummary(
         out_dir=out,
