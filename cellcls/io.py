@@ -154,10 +154,17 @@ def _check_jpeg_complete(data: np.ndarray, path: Path, image_id: str) -> None:
         )
 
 
+def _check_not_empty(path: Path, image_id: str) -> None:
+    """A zero-byte file (an interrupted copy) is named as such, not as a decoder's complaint."""
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(f"image {image_id!r}: {path}: empty file (0 bytes); download or copy it again")
+
+
 def _decode_file(path: Path, image_id: str) -> np.ndarray:
     """Decode one channel file to a 2-D uint8/uint16 array, or raise a typed error."""
     ext = path.suffix.lower().lstrip(".")
     try:
+        _check_not_empty(path, image_id)
         if ext in ("tif", "tiff"):
             import tifffile
 
@@ -429,6 +436,7 @@ def image_shape(images_dir: PathLike, image_id: str, *, channels: Sequence[str] 
     for channel, path in paths.items():
         ext = path.suffix.lower().lstrip(".")
         reader = _png_shape if ext == "png" else _tiff_shape if ext in ("tif", "tiff") else _jpeg_shape
+        _check_not_empty(path, image_id)
         try:
             shapes[channel] = reader(path)
         except UnreadableImageError as exc:

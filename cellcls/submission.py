@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from . import rle
+from .atomic import make_owned_dir, remove_stale_dirs
 from .classes import NUM_CLASSES
 from .errors import MaskCodecError, ParameterError, SubmissionError
 from .submission_check import validate_submission
@@ -166,9 +166,12 @@ class SubmissionWriter:
 
     Rows for the next sample ID go straight to disk; rows that arrive early are spilled to a
     temporary folder beside the output and copied in when their turn comes, so memory stays
-    bounded for any number of images. At :meth:`close` every sample ID without a row gets the
-    :data:`NO_PREDICTION` placeholder and the file appears atomically (written as ``NAME.partial``,
-    renamed). Leaving the ``with`` block by an exception discards everything.
+    bounded for any number of images. The folder, ``.NAME.spill-{pid}-{random}``, is locked while
+    the writer is open (:func:`cellcls.atomic.make_owned_dir`); a writer killed with ``kill -9``
+    leaves it, and the next writer of the same output removes it (only such folders whose lock is
+    free; see :func:`cellcls.atomic.remove_stale_dirs`). At :meth:`close` every sample ID without a
+    row gets the :data:`NO_PREDICTION` placeholder and the file appears atomically (written as
+    ``NAME.partial``, renamed). Leaving the ``with`` block by an exception discards everything.
 
     Parameters
     ----------
@@ -205,7 +208,10 @@ class SubmissionWriter:
         self._partial = self.path.with_name(self.path.name + ".partial")
         self._out = open(self._partial, "w", encoding="ascii", newline="")
         self._out.write(",".join(COLUMNS) + "\n")
-        self._spill = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.spill-", dir=self.path.parent))
+        prefix = f".{self.path.name}.spill-"
+        remove_stale_dirs(self.path.parent, prefix)  # left by a killed run (lock free); live writers' kept
+        self._spill_dir = make_owned_dir(self.path.parent, prefix)
+        self._spill = self._spill_dir.path
         self._next = 0
         self._added: set[str] = set()
         self._spilled: set[int] = set()
@@ -333,7 +339,7 @@ class SubmissionWriter:
                 self._out.write(f"{row.id},{row.width},{row.height},{NO_PREDICTION}\n")
         self._out.close()
         os.replace(self._partial, self.path)
-        shutil.rmtree(self._spill, ignore_errors=True)
+        self._spill_dir.remove()
         self._closed = True
         if missing:
             log.warning("%d of %d sample IDs had no predictions and got the empty placeholder (first: %s)",
@@ -347,7 +353,7 @@ class SubmissionWriter:
             return
         self._out.close()
         self._partial.unlink(missing_ok=True)
-        shutil.rmtree(self._spill, ignore_errors=True)
+        self._spill_dir.remove()
         self._closed = True
 
     def __del__(self) -> None:

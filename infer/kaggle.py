@@ -130,6 +130,7 @@ def _segment(args: argparse.Namespace, test_dir: Path, sample: Path, masks: Path
 
 def run(args: argparse.Namespace) -> int:
     """The whole notebook; returns the exit code (0 = a submission that passes check-submission)."""
+    from cellcls.atomic import atomic_write_text
     from cellcls.cli import main as cellcls_main
     from cellcls.errors import CellclsError
     from cellcls.masks import MaskCache
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"checkpoints": [str(p) for p in checkpoints], "weights_dir": str(found.weights_dir or ""),
               "placeholders": summary.placeholders, "degraded": summary.degraded, "n_cells": summary.n_cells,
               "timings_s": summary.timings, "wall_s": time.monotonic() - start}
-    (args.scratch / "summary.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(args.scratch / "summary.json", json.dumps(report, indent=2))  # whole, like the submission
     code = cellcls_main(["check-submission", str(args.out), "--sample", str(sample_path)])
     print(f"submission {args.out}: {'passes' if code == 0 else 'FAILS'} check-submission; "
           f"{len(summary.placeholders)} placeholder row(s); {time.monotonic() - start:.0f} s in all", flush=True)

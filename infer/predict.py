@@ -19,6 +19,10 @@ empty placeholder row and is named in the log and in :attr:`PredictSummary.place
 
 Out of fold (``fold_of``): each image is scored only by the checkpoints whose validation fold is the
 image's fold (they never trained on it): the soft labels of a pseudo-label round.
+
+Split by concern: the models and the ensemble means are in :mod:`infer.ensemble`, the time budget in
+:mod:`infer.budget`; this module prepares images, runs the loop and writes. ``ScoringModel``,
+``load_models``, ``resolve_device`` and ``TimeBudget`` are re-exported here.
 """
 from __future__ import annotations
 
@@ -31,122 +35,20 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from cellcls.checkpoints import InferenceMeta, read_inference_checkpoint
 from cellcls.errors import CacheError, CellclsError, ImageError
 
+from .budget import TimeBudget, degrade, log_eta
 from .config import InferConfig
+from .ensemble import ScoringModel, fold_models, load_models, resolve_device, score_group
 
-__all__ = ["ScoringModel", "load_models", "PredictSummary", "TimeBudget", "predict_images", "STAGES"]
+__all__ = ["ScoringModel", "load_models", "resolve_device", "PredictSummary", "TimeBudget", "predict_images",
+           "STAGES"]
 
 log = logging.getLogger(__name__)
 
 #: Stages timed in :attr:`PredictSummary.timings` (seconds, summed over images).
 STAGES = ("decode", "crop", "model", "blend", "encode")
 _RULES_WITHOUT_IMAGE = frozenset({"cell", "fourth"})
-
-
-# ----------------------------------------------------------------------------- models
-@dataclass
-class ScoringModel:
-    """A loaded checkpoint and how it is applied.
-
-    Attributes
-    ----------
-    model : torch.nn.Module (eval, on the scoring device)
-    meta : InferenceMeta
-    weight : float
-        Its weight in the ensemble means.
-    tta : str
-        Its TTA name.
-    crops : (mode, size, margin) or None
-        The crops it scores (None: it scores no crops).
-    image_size : int or None
-        Side of the whole-image input it scores (image-task checkpoints), else None.
-    """
-
-    model: Any
-    meta: InferenceMeta
-    weight: float
-    tta: str
-    crops: tuple[str, int, float] | None
-    image_size: int | None
-
-    @property
-    def name(self) -> str:
-        return f"{self.meta.name}[{Path(self.meta.path).stem}]"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CellclsError("device cuda asked for, but torch sees no CUDA GPU; use device auto or cpu")
-    return device
-
-
-def load_models(paths: Sequence[str | Path], config: InferConfig, *, device: str = "cpu") -> list[ScoringModel]:
-    """Read every checkpoint (:func:`cellcls.checkpoints.read_inference_checkpoint`) and decide its role."""
-    if not paths:
-        raise CellclsError("no checkpoint given; pass --checkpoint CKPT (a .ckpt saved by `cellcls train`)")
-    loaded = []
-    for path in paths:
-        model, meta = read_inference_checkpoint(path)
-        loaded.append((path, model.to(device).eval(), meta))
-    has_cell_models = any(meta.task == "cell" for _, _, meta in loaded)
-    out = []
-    for path, model, meta in loaded:
-        options = config.options_for(path)
-        if meta.task == "cell":
-            crops, image_size = (meta.crop_mode, int(meta.crop_size), float(meta.crop_margin)), None
-        else:
-            image_size = int(meta.image_size)
-            on_crops = (not has_cell_models) if config.image_on_crops is None else config.image_on_crops
-            size = int(config.image_crop_size or meta.image_size)
-            crops = (config.image_crop_mode, size, float(config.image_crop_margin)) if on_crops else None
-        out.append(ScoringModel(model, meta, float(options.weight), options.tta or config.tta, crops, image_size))
-        log.info("model %s: task %s, %s, tta %s, weight %g", out[-1].name, meta.task,
-                 f"crops {crops[0]} {crops[1]} px" if crops else "no crops",
-                 out[-1].tta, options.weight)
-    return out
-
-
-# ----------------------------------------------------------------------------- time budget
-@dataclass
-class TimeBudget:
-    """A deadline for the scoring loop; past the projected finish, the loop sheds work.
-
-    ``seconds`` from ``start`` (``time.monotonic()``); :meth:`over` says whether ``done`` of ``total``
-    images at the observed rate would end after the deadline (with ``margin``).
-    """
-
-    seconds: float
-    start: float = field(default_factory=time.monotonic)
-    margin: float = 0.95
-
-    def left(self) -> float:
-        return self.seconds - (time.monotonic() - self.start)
-
-    def eta(self, done: int, total: int, elapsed: float) -> float:
-        return (elapsed / max(done, 1)) * max(total - done, 0)
-
-    def over(self, done: int, total: int, elapsed: float) -> bool:
-        return done > 0 and self.eta(done, total, elapsed) > self.margin * self.left()
-
-
-def _degrade(models: list[ScoringModel]) -> str | None:
-    """One step of shedding work: TTA to 'none' first, then half the models (at least one kept)."""
-    if any(m.tta != "none" for m in models):
-        for m in models:
-            m.tta = "none"
-        return "TTA switched to 'none' for every model"
-    if len(models) > 1:
-        dropped = models[(len(models) + 1) // 2:]
-        del models[(len(models) + 1) // 2:]
-        return f"dropped {len(dropped)} model(s): {', '.join(m.name for m in dropped)}"
-    return None
 
 
 # ----------------------------------------------------------------------------- per image
@@ -230,43 +132,7 @@ def _no_entry_reason(reader, image_id: str) -> str:
     return "its mask-cache entry was made with other segmentation parameters than the rest of the cache"
 
 
-# ----------------------------------------------------------------------------- scoring a group
-def _weighted_mean(parts: list[tuple[float, np.ndarray]]) -> np.ndarray | None:
-    if not parts:
-        return None
-    total = sum(w for w, _ in parts)
-    return np.clip(sum(w * p for w, p in parts) / total, 0.0, 1.0).astype(np.float32)
-
-
-def _score_group(group: list[_Prepared], models: Sequence[ScoringModel], config: InferConfig,
-                 device: str) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-    """Per image of the group: (cell scores (n, 19) or None, image scores (19,) or None)."""
-    import torch
-
-    from cellcls.normalize import to_model_input
-
-    from .tta import predict_tta
-
-    offsets = np.cumsum([0] + [p.n_cells for p in group])
-    cell_parts: list[list[tuple[float, np.ndarray]]] = [[] for _ in group]
-    image_parts: list[list[tuple[float, np.ndarray]]] = [[] for _ in group]
-    for m in models:
-        common = dict(chunk=config.batch_size, keep_size=config.keep_size, device=device)
-        if m.crops is not None:
-            batch = to_model_input(np.concatenate([p.crops[m.crops] for p in group]), m.meta.mean, m.meta.std)
-            probs = predict_tta(m.model, batch, m.tta, **common)
-            del batch
-            for i in range(len(group)):
-                cell_parts[i].append((m.weight, probs[offsets[i]:offsets[i + 1]]))
-        if m.image_size is not None:
-            key = (m.image_size, m.meta.mean, m.meta.std)
-            batch = torch.from_numpy(np.stack([p.images[key] for p in group]))
-            probs = predict_tta(m.model, batch, m.tta, **common)
-            for i in range(len(group)):
-                image_parts[i].append((m.weight, probs[i]))
-    return [(_weighted_mean(c), _weighted_mean(i)) for c, i in zip(cell_parts, image_parts)]
-
-
+# ----------------------------------------------------------------------------- blending one image
 def _blend_one(prepared: _Prepared, cell: np.ndarray | None, image: np.ndarray | None, spec) -> np.ndarray:
     from .blend import blend
 
@@ -394,7 +260,7 @@ def predict_images(
     shapes = {row.id: row.shape for row in sample} if sample is not None else {}
     if submission_path is not None and sample is None:
         raise CellclsError("writing a submission needs the sample submission (IDs, order, sizes)")
-    by_fold = _fold_models(models, fold_of) if fold_of is not None else None
+    by_fold = fold_models(models, fold_of) if fold_of is not None else None
     ids = sorted(ids, key=lambda i: fold_of.get(i, -1)) if fold_of is not None else list(ids)
     summary = PredictSummary(n_images=len(ids))
     start = time.monotonic()
@@ -423,7 +289,7 @@ def predict_images(
                 return
             chosen = models_for(group[0].image_id)
             t0 = time.perf_counter()
-            results = _score_group(group, chosen, config, device)
+            results = score_group(group, chosen, config, device)
             summary.timings["model"] += time.perf_counter() - t0
             source = " + ".join(f"{m.name} tta={m.tta}" for m in chosen) + f" | blend={spec}"
             for prepared, (cell, image) in zip(group, results):
@@ -441,9 +307,9 @@ def predict_images(
             elapsed = time.monotonic() - start
             if time.monotonic() - last_log >= eta_every_s:
                 last_log = time.monotonic()
-                _log_eta(done, len(ids), elapsed, budget)
+                log_eta(done, len(ids), elapsed, budget)
             if budget is not None and fold_of is None and budget.over(done, len(ids), elapsed):
-                step = _degrade(models)
+                step = degrade(models)
                 if step:
                     summary.degraded.append(step)
                     log.warning("time budget: projected finish after the deadline (%.0f s left); %s",
@@ -496,25 +362,3 @@ def _add_submission_row(sub, prepared: _Prepared, cell_ids: np.ndarray, scores: 
             expected_mask_key=prepared.mask_key)
 
 
-def _fold_models(models: Sequence[ScoringModel], fold_of: Mapping[str, int]) -> dict[int, list[ScoringModel]]:
-    """fold -> the checkpoints validated on it (not trained on it); full-data runs are refused."""
-    out: dict[int, list[ScoringModel]] = {}
-    for m in models:
-        if m.meta.full:
-            raise CellclsError(f"checkpoint {m.meta.path} was trained on every fold (full=True): no image is out "
-                               "of fold for it; leave it out of --oof")
-        if m.meta.fold is None:
-            raise CellclsError(f"checkpoint {m.meta.path} does not record its validation fold; --oof needs "
-                               "checkpoints saved by `cellcls train` (datamodule fold)")
-        out.setdefault(m.meta.fold, []).append(m)
-    wanted = sorted(set(fold_of.values()))
-    missing = [f for f in wanted if f not in out]
-    if missing:
-        log.warning("no checkpoint validated on fold(s) %s: their images get no out-of-fold scores", missing)
-    return out
-
-
-def _log_eta(done: int, total: int, elapsed: float, budget: TimeBudget | None) -> None:
-    eta = (elapsed / max(done, 1)) * (total - done)
-    left = f", {budget.left() / 3600:.2f} h of the time budget left" if budget is not None else ""
-    log.info("scored %d/%d images in %.0f s; ETA %.0f s%s", done, total, elapsed, eta, left)

@@ -155,6 +155,7 @@ def run_predict(args: argparse.Namespace, *, budget=None) -> "tuple[int, object]
     """The command's work; returns (exit code, PredictSummary)."""
     import json
 
+    from cellcls.atomic import atomic_write_text
     from cellcls.errors import CellclsError
     from cellcls.masks import MaskCache
     from cellcls.submission import read_sample_submission
@@ -190,8 +191,8 @@ def run_predict(args: argparse.Namespace, *, budget=None) -> "tuple[int, object]
     for path, what in ((args.out, "submission"), (args.scores, "score table")):
         if path is not None:
             print(f"wrote {what} {path}")
-    if args.summary:
-        Path(args.summary).write_text(json.dumps({
+    if args.summary:  # appears whole (temp file beside it, renamed), like the submission
+        atomic_write_text(args.summary, json.dumps({
             "n_images": summary.n_images, "n_scored": summary.n_scored, "n_cells": summary.n_cells,
             "placeholders": summary.placeholders, "timings_s": summary.timings, "degraded": summary.degraded,
             "wall_s": summary.wall_s}, indent=2))

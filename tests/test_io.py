@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import cv2
 import numpy as np
@@ -257,3 +258,16 @@ def test_list_image_ids_keeps_complete_samples_and_warns(tmp_path, rng, caplog):
     with caplog.at_level(logging.WARNING):
         assert io.list_image_ids(tmp_path) == ["a", "b_2"]
     assert "c (has green/blue/yellow)" in caplog.text
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "tif"])
+def test_zero_byte_channel_file_is_named_as_empty(tmp_path, rng, ext):
+    io.write_image(tmp_path, "z", _random_image(rng, (12, 10)), ext=ext)
+    empty = tmp_path / f"z_yellow.{ext}"
+    empty.write_bytes(b"")
+    message = f"{empty}: empty file (0 bytes)"
+    with pytest.raises(UnreadableImageError, match=re.escape(message)) as caught:
+        io.read_image(tmp_path, "z")
+    assert "signature" not in str(caught.value) and "'z'" in str(caught.value)
+    with pytest.raises(UnreadableImageError, match=re.escape(message)):
+        io.image_shape(tmp_path, "z")

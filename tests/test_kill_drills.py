@@ -11,9 +11,11 @@ an uninterrupted run of the same command in another folder:
 * train: killed after the first epoch's checkpoint, ``--resume last`` finishes the run; the final
   ``last.ckpt`` loads, has the uninterrupted run's ``global_step`` and bit-identical weights (CPU,
   ``num_workers 0``, no augmentation, ``seed_everything``; see ``train/resume.py`` for what makes
-  that hold, and what does not: augmented runs never repeat, killed or not);
+  that hold, and what does not: augmented runs repeat when uninterrupted, but a resume restarts
+  the augmentation streams);
 * predict: after the kill the submission and the score table are absent or complete, never a part
-  (both are published by rename); the rerun's submission is byte-identical to the uninterrupted one.
+  (both are published by rename) and the submission writer's spill folder is left; the rerun removes
+  it (nothing of it reaches the output) and its submission is byte-identical to the uninterrupted one.
 
 Plus the bad-files drill of ``python -m infer.kaggle``: a corrupt PNG, a missing channel and a
 zero-byte file among the test images; the submission still has every sample ID, the three get the
@@ -222,19 +224,28 @@ def test_predict_killed_publishes_nothing_and_rerun_is_byte_identical(world, tes
     assert code in (0, 3)
 
     argv = _predict_argv(world, test_masks, ckpt, drill)
-    # Killed as soon as it writes anything (the writers create their files before the first image).
-    _kill_when(argv, lambda: drill.is_dir() and any(drill.iterdir()), cwd=tmp_path, log=tmp_path / "killed.log")
+
+    def spills() -> list[Path]:
+        return sorted(drill.glob(".submission.csv.spill-*")) if drill.is_dir() else []
+
+    # Killed as soon as the submission writer has made its spill folder (before the first image).
+    _kill_when(argv, lambda: bool(spills()), cwd=tmp_path, log=tmp_path / "killed.log")
     for name in ("submission.csv", "scores.parquet"):  # absent, or complete: never a part of one
         assert not (drill / name).exists() or (drill / name).read_bytes() == (clean / name).read_bytes(), name
+    left = spills()
+    assert left  # what the drill is about: the killed run's spill folder
+    (left[0] / "000000000").write_text("STALE,1,1,0 1 eNoLAAAA\n")  # were it drained, the output would differ
 
     assert cellcls_main(argv) == code
+    assert spills() == []  # the rerun removed the killed run's spill folder (and its own)
     assert (drill / "submission.csv").read_bytes() == (clean / "submission.csv").read_bytes()
     assert (drill / "scores.parquet").read_bytes() == (clean / "scores.parquet").read_bytes()
     assert not list(drill.glob("*.partial"))  # the rerun replaced the killed run's partial files
+    assert sorted(p.name for p in drill.iterdir()) == sorted(p.name for p in clean.iterdir())
 
 
 # ----------------------------------------------------------------------------- bad files, infer.kaggle
-def test_kaggle_notebook_names_and_placeholders_bad_test_files(world, clean_run, tmp_path, capsys):
+def test_kaggle_notebook_names_and_placeholders_bad_test_files(world, clean_run, tmp_path, capsys, monkeypatch):
     from cellcls.submission import NO_PREDICTION
     from infer import kaggle
 
@@ -252,6 +263,10 @@ def test_kaggle_notebook_names_and_placeholders_bad_test_files(world, clean_run,
     (comp / "test" / bad[ids[5]]).write_bytes(b"")                                            # zero-byte file
 
     out, scratch = tmp_path / "working" / "submission.csv", tmp_path / "temp"
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append((Path(src), Path(dst))),
+                                                         real_replace(src, dst))[1])
     code = kaggle.main(["--input-root", str(root), "--out", str(out), "--scratch", str(scratch), "--device", "cpu",
                         "--no-progress"])
     printed = capsys.readouterr().out
@@ -262,6 +277,9 @@ def test_kaggle_notebook_names_and_placeholders_bad_test_files(world, clean_run,
     assert written["ID"].tolist() == ids  # complete: every sample ID, in sample order
     rows = dict(zip(written["ID"], written["PredictionString"]))
     placeholders = json.loads((scratch / "summary.json").read_text())["placeholders"]
+    # summary.json appears whole: renamed from a temp file in its own folder, nothing else left there
+    assert [src.parent for src, dst in replaced if dst == scratch / "summary.json"] == [scratch]
+    assert not [p for p in scratch.iterdir() if p.name.startswith(".summary.json")]
     assert sorted(placeholders) == sorted(bad)
     assert "3 image(s) got the empty placeholder row" in printed
     for image_id, file_name in bad.items():
@@ -269,3 +287,4 @@ def test_kaggle_notebook_names_and_placeholders_bad_test_files(world, clean_run,
         assert file_name in placeholders[image_id]  # the reason names the bad file
         assert f"{image_id}: " in printed
     assert all(rows[i] != NO_PREDICTION for i in ids if i not in bad)
+    assert "empty file (0 bytes)" in placeholders[ids[5]]  # not the PNG decoder's "bad signature"

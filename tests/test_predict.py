@@ -207,3 +207,31 @@ def test_a_spent_time_budget_sheds_tta_first(world, ckpts, tmp_path):
     assert any("dropped 1 model" in step for step in summary.degraded)
     assert "tta=none" in table.loc[table["ID"] == "c", "source"].iloc[0]
     assert summary.n_scored == 3
+
+
+def test_predict_command_summary_appears_whole(world, ckpts, tmp_path, monkeypatch):
+    """``--summary`` is renamed into place from a temp file in its own folder (old file or new, never a part)."""
+    import json
+    import os
+
+    from cellcls.cli import main as cellcls_main
+
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ID,ImageWidth,ImageHeight,PredictionString\n"
+                      + "".join(f"{i},{SIZE},{SIZE},0 1 {rle.EMPTY_MASK_FULL_FRAME}\n" for i in IDS))
+    summary = tmp_path / "out" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text("an earlier run's summary")
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append((Path(src), Path(dst))),
+                                                         real_replace(src, dst))[1])
+    code = cellcls_main(["predict", "--images", str(world["images"]), "--masks", str(world["masks"]),
+                         "--checkpoint", str(ckpts["cell0"]), "--sample", str(sample), "--out",
+                         str(tmp_path / "sub.csv"), "--summary", str(summary), "--tta", "none", "--device", "cpu",
+                         "--no-segment", "--no-progress"])
+    assert code == 0
+    assert [src.parent for src, dst in replaced if dst == summary] == [summary.parent]
+    written = json.loads(summary.read_text())
+    assert written["n_scored"] == 3 and written["n_cells"] == 9 and written["placeholders"] == {}
+    assert sorted(p.name for p in summary.parent.iterdir()) == ["summary.json"]

@@ -20,6 +20,9 @@ Pipelines
 ``none``
     Resize to ``size`` and normalise.
 
+Randomness: each pipeline seeds its own albumentations generators (``build_transform(seed=...)``,
+default ``torch.initial_seed()``), per DataLoader worker and DDP rank; see :func:`build_transform`.
+
 Validation always uses the evaluation form: resize to ``size`` and normalise (no randomness), so
 a ``bestfitting2019`` model trained on 512 crops of 768 images is validated on whole 768 images.
 """
@@ -90,19 +93,56 @@ def _none(size: int, crop: int | None) -> list:
     return [_resize(size)]
 
 
-class _Pipeline:
-    """Picklable wrapper (DataLoader workers): albumentations Compose, then HWC -> CHW."""
+def _stream_key(seed: int | None) -> tuple[int, ...]:
+    """What the random stream of this process derives from: (seed, DataLoader worker seed, rank).
 
-    def __init__(self, steps: list, mean: Sequence[float], std: Sequence[float]) -> None:
+    ``seed`` None: ``torch.initial_seed()`` (``seed_everything`` sets it). In a DataLoader worker,
+    the worker's seed (base seed drawn from the main process's torch generator each time workers
+    start, plus the worker id) makes each worker, and each epoch of non-persistent workers, its
+    own stream; the global rank separates DDP processes that were given one seed.
+    """
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    base = torch.initial_seed() if seed is None else int(seed)
+    worker = -1 if info is None else int(info.seed)
+    try:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        rank = int(getattr(rank_zero_only, "rank", 0) or 0)
+    except ImportError:  # pragma: no cover - lightning is a dependency of train/
+        rank = 0
+    return base, worker, rank
+
+
+class _Pipeline:
+    """Picklable wrapper (DataLoader workers): albumentations Compose, then HWC -> CHW.
+
+    The Compose is (re)seeded on the first call in a process whose stream key (:func:`_stream_key`)
+    differs from the one it was last seeded for: the same key gives the same sequence of augmentations.
+    """
+
+    def __init__(self, steps: list, mean: Sequence[float], std: Sequence[float], seed: int | None = None) -> None:
         import albumentations as A
 
         self.compose = A.Compose(
             [*steps, A.Normalize(mean=list(mean), std=list(std), max_pixel_value=1.0, p=1.0)]
         )
+        self.seed = seed
+        self._key: tuple[int, ...] | None = None
+
+    def _reseed(self) -> None:
+        key = _stream_key(self.seed)
+        if key != self._key:
+            words = [k % 2**64 for k in key[:2]] + [key[2] + 1, 0x61756720]  # + "aug ": not torch's own stream
+            state = np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0]
+            self.compose.set_random_seed(int(state))
+            self._key = key
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.dtype != np.float32:
             raise TypeError(f"augmentation expects float32 in [0, 1] (use cellcls.io.to_float01), got {image.dtype}")
+        self._reseed()
         out = self.compose(image=image)["image"]
         return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
@@ -116,6 +156,7 @@ def build_transform(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     channels: int = 4,
+    seed: int | None = None,
 ) -> Transform:
     """The transform of pipeline ``name``.
 
@@ -133,6 +174,11 @@ def build_transform(
         Per-channel statistics in ``[0, 1]`` units; default 0 and 1 (no normalisation).
     channels : int
         Number of image channels (length of the default statistics).
+    seed : int, optional
+        Seed of the random stream; default ``torch.initial_seed()`` at the first call (what
+        ``seed_everything`` set). Mixed with the DataLoader worker's seed and the global rank, so
+        workers (and epochs of non-persistent workers) draw different augmentations, yet two runs
+        with the same seeds draw the same ones.
 
     Returns
     -------
@@ -145,4 +191,4 @@ def build_transform(
     mean = [0.0] * channels if mean is None else [float(v) for v in mean]
     std = [1.0] * channels if std is None else [float(v) for v in std]
     steps = builder(size, crop) if train else [_resize(size)]
-    return _Pipeline(steps, mean, std)
+    return _Pipeline(steps, mean, std, seed)

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from cellcls.errors import CellclsError
@@ -37,7 +38,7 @@ from cellcls.errors import CellclsError
 from .arcface import ArcFaceEmbedder
 from .data import HpaDataModule
 from .module import CellClassifier
-from .resume import LatestCheckpoint, RngState
+from .resume import LatestCheckpoint, RngState, SameFolderCheckpointIO
 
 __all__ = ["TrainCLI", "build_cli", "expand_shortcuts", "fit", "resolve_resume", "requested_task", "SHORTCUTS",
            "TASK_MODELS"]
@@ -120,6 +121,8 @@ class TrainCLI(LightningCLI):
             kwargs["logger"] = [CSVLogger(save_dir=out, name="logs"), TensorBoardLogger(save_dir=out, name="tb")]
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RngState())
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: temp files in /tmp
+            trainer.strategy.checkpoint_io = SameFolderCheckpointIO()
         return trainer
 
 

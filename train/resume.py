@@ -11,23 +11,33 @@ Two Lightning callbacks, both installed by :class:`train.cli.TrainCLI`:
   shuffle (the ``RandomSampler`` seeds itself from torch's global generator) is the one the
   uninterrupted run drew. Together, a run killed after an epoch's checkpoint and resumed ends with
   the same weights as one never killed, on CPU with ``num_workers: 0`` and ``augment: none``.
-  Not covered: albumentations pipelines seed themselves from the OS (augmented runs never repeat),
-  and DataLoader worker processes draw their seeds when they start.
+  Not covered: augmented runs (their pipelines are seeded, train.augment, so uninterrupted runs
+  repeat, but a resumed run restarts each stream) and DataLoader worker processes, which draw their
+  seeds when they start.
 
 States are stored as plain tensors and lists: checkpoints stay readable with
 ``torch.load(weights_only=True)``.
+
+Plus :class:`SameFolderCheckpointIO`, the trainer's checkpoint writer: Lightning's own writes the temp
+file to the SYSTEM temp folder and moves it into place, a copy when that is another file system (a
+kill during it leaves a truncated ``last.ckpt``); this one writes the temp file beside the target and
+renames it (:func:`os.replace`), so a checkpoint file is always the old one or the new one.
 """
 from __future__ import annotations
 
+import os
 import random
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-__all__ = ["LatestCheckpoint", "RngState"]
+__all__ = ["LatestCheckpoint", "RngState", "SameFolderCheckpointIO"]
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -87,3 +97,28 @@ class RngState(pl.Callback):
         cuda = state_dict.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+
+class SameFolderCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes go to a temp file in the checkpoint's folder, then ``os.replace``.
+
+    Remote paths (``s3://`` ...) keep Lightning's writer. Installed by :class:`train.cli.TrainCLI`
+    in place of the default ``TorchCheckpointIO``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
