@@ -75,6 +75,23 @@ def test_tiny_demo_runs_every_stage_and_scores_a_valid_submission(tiny_run, caps
 
 
 @pytest.mark.slow
+def test_every_blend_rule_is_reported_on_test_and_agrees_with_the_submissions_predict_wrote(tiny_run):
+    # score_blends re-blends the two score tables itself: its "cell" and chosen-blend figures must be
+    # those of the submissions `cellcls predict` wrote (two code paths, one answer), and every rule of
+    # REPORT_BLENDS (fourth, border4, area7 need the cell table) is there.
+    from infer.demo_blend import REPORT_BLENDS
+    from infer.blend import BlendSpec
+
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    reported = summary["map_blends_test"]
+    expected = [str(BlendSpec.parse(s.format(scale="0.25"))) for s in REPORT_BLENDS]
+    assert list(reported) == expected
+    assert all(0.0 <= v <= 1.0 for v in reported.values())
+    assert reported["cell"] == pytest.approx(summary["map_cell"], abs=1e-12)
+    assert reported[summary["blend"]] == pytest.approx(summary["map_blend"], abs=1e-12)
+
+
+@pytest.mark.slow
 def test_own_data_without_solution_is_not_scored_but_gets_a_valid_submission(tiny_run, tmp_path):
     data = tmp_path / "kaggle"
     world = tiny_run / "world"
