@@ -15,6 +15,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="a .ckpt of `cellcls train --task arcface`")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of {ID}_{red,green,blue,yellow} images")
+    parser.add_argument("--masks", metavar="MASKDIR", help="mask cache of these images (cellcls segment); needed "
+                        "by a checkpoint trained on cell crops (an image's embedding is the mean of its cells')")
     parser.add_argument("--ids", metavar="CSV", help="embed only the IDs of this CSV's ID column, in its order "
                         "(default: every complete image of --images, sorted)")
     parser.add_argument("--tta", default="none", metavar="NAME",
@@ -23,7 +25,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         "label transfer (every embedded ID needs a row)")
     parser.add_argument("--out", required=True, metavar="NPZ", help="embeddings file to write (emb.npz format)")
     parser.add_argument("--batch-size", type=Bounded(int, low=1), default=32, metavar="B",
-                        help="images per forward pass (default 32)")
+                        help="images (cells, for a cell-crop checkpoint) per forward pass (default 32)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the network runs (default auto: cuda when available)")
     add_progress_option(parser)
@@ -64,10 +66,10 @@ def _run(args: argparse.Namespace) -> int:
         raise CellclsError(f"no complete image (all four channel files) in {args.images}")
     labels = labels_for(args.labels, ids) if args.labels else None
     checkpoint = read_arcface_checkpoint(args.checkpoint)
-    embeddings = embed_images(checkpoint, args.images, ids, tta=args.tta, batch_size=args.batch_size,
-                              device=device, progress=progress_enabled(args))
+    embeddings = embed_images(checkpoint, args.images, ids, masks=args.masks, tta=args.tta,
+                              batch_size=args.batch_size, device=device, progress=progress_enabled(args))
     written = write_embeddings(args.out, ids, embeddings, labels)
-    print(f"{len(ids)} images -> {checkpoint.embedding_dim}-d embeddings ({checkpoint.image_size} px, tta "
+    print(f"{len(ids)} images -> {checkpoint.embedding_dim}-d embeddings ({checkpoint.describe()}, tta "
           f"{args.tta}{', with labels' if labels is not None else ''}) -> {written}")
     return 0
 
@@ -75,14 +77,18 @@ def _run(args: argparse.Namespace) -> int:
 EMBED = Command(
     name="embed",
     help="image embeddings of an ArcFace checkpoint (cellcls train --task arcface) into emb.npz",
-    description="Embed whole images with the metric-learning network: each image resized to the checkpoint's "
-    "image size and normalised with its statistics exactly as training validated, embedded under every TTA "
+    description="Embed images with the metric-learning network, exactly as training validated: a whole-image "
+    "checkpoint resizes each image to its image size; a cell-crop checkpoint (trained with --data.masks) cuts "
+    "every cell of the image's --masks entry with its crop recipe and takes the L2-normalised mean of the "
+    "cells' embeddings. Inputs are normalised with the checkpoint's statistics and embedded under every TTA "
     "view, the L2-normalised views averaged and normalised again. Writes an emb.npz (ids, embeddings, and "
     "with --labels the images' labels) for `cellcls neighbors` and label transfer "
     "(cellcls.neighbors.transfer_labels: the 2019 winner copied a labelled neighbour's labels from cosine 0.65).",
     example="""
     cellcls embed --checkpoint runs/arcface/checkpoints/last.ckpt --images train --labels train.csv --out train_emb.npz
     cellcls embed --checkpoint runs/arcface/checkpoints/last.ckpt --images test --tta flips --out test_emb.npz
+    cellcls embed --checkpoint runs/arcface_cells/checkpoints/last.ckpt --images test --masks masks/test \\
+        --out test_emb.npz
     cellcls neighbors --query test_emb.npz --index train_emb.npz --k 5 --out nn.csv
     """,
     add_arguments=_arguments,

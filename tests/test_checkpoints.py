@@ -126,3 +126,37 @@ def test_whole_image_input_equals_the_training_pipeline(dtype):
 def test_no_stats_means_plain_unit_scaling():
     crops = np.full((1, 4, 2, 2), 51, dtype=np.uint8)
     np.testing.assert_allclose(to_model_input(crops).numpy(), 0.2, rtol=1e-6)
+
+
+def _with_section(path: Path, out: Path, **changes) -> Path:
+    raw = torch.load(path, weights_only=True)
+    section = {**raw[CHECKPOINT_KEY], **changes}
+    torch.save({**raw, CHECKPOINT_KEY: {k: v for k, v in section.items() if v is not None}}, out)
+    return out
+
+
+def test_one_reader_for_classifiers_and_embedding_networks_each_caller_its_kind(tmp_path):
+    from cellcls.checkpoints import EMBEDDING_TASKS, TASKS
+
+    clf = make_checkpoint(tmp_path / "c.ckpt", crop_size=40)
+    with pytest.raises(WeightsError, match="task 'cell', not 'arcface'.*cellcls predict"):
+        read_inference_checkpoint(clf, tasks=EMBEDDING_TASKS)
+    cells = _with_section(clf, tmp_path / "a.ckpt", task="arcface", groups=["HPA1", "HPA2"], embedding_dim=512,
+                          embedding_unit="cell_mean", cell_labels=None)
+    with pytest.raises(WeightsError, match="task 'arcface', not 'image' or 'cell'.*cellcls embed"):
+        read_inference_meta(cells)  # the default: scorers never take an embedding network
+    meta = read_inference_meta(cells, tasks=EMBEDDING_TASKS)
+    assert (meta.task, meta.embedding_unit, meta.crop_mode, meta.crop_size, meta.image_size) == (
+        "arcface", "cell_mean", "masked", 40, None)
+    assert meta.groups == ("HPA1", "HPA2") and meta.embedding_dim == 512 and meta.uses_crops and meta.input_size == 40
+    assert read_inference_meta(cells, tasks=TASKS).task == "arcface"
+    # a whole-image arcface checkpoint written before embedding_unit existed: image, at its image_size
+    whole = _with_section(clf, tmp_path / "w.ckpt", task="arcface", groups=["HPA1"], embedding_dim=64,
+                          crop_mode=None, crop_size=None, crop_margin=None, image_size=96)
+    meta = read_inference_meta(whole, tasks=EMBEDDING_TASKS)
+    assert (meta.embedding_unit, meta.image_size, meta.crop_mode, meta.input_size) == ("image", 96, None, 96)
+    for bad, match in [({"groups": None}, "groups"), ({"embedding_dim": 0}, "embedding_dim"),
+                       ({"embedding_unit": "cells"}, "embedding_unit"), ({"crop_mode": None}, "crop_mode")]:
+        path = _with_section(cells, tmp_path / "bad.ckpt", **bad)
+        with pytest.raises(WeightsError, match=match):
+            read_inference_meta(path, tasks=EMBEDDING_TASKS)

@@ -7,25 +7,39 @@ augmentation, Lightning loop, checkpoints and DDP are the classifier's: :class:`
 subclasses :class:`train.module.CellClassifier`, and the task registers one setup function in
 :data:`train.data.TASK_SETUPS`.
 
+Inputs. Whole images resized to ``image_size`` (``embedding_unit`` ``"image"``), or, when
+``data.masks`` (the mask cache of the train images) is given, CELL CROPS cut as the cell task cuts
+them (``crop_mode``, ``crop_size``, ``crop_margin``; :func:`cellcls.crops.crop_cells`), every cell
+carrying its image's group (``embedding_unit`` ``"cell_mean"``). A cell crop shows the protein's
+pattern at full resolution, where a whole image squeezed to a CPU-sized input does not. The
+IMAGE embedding is then the L2-normalised mean of its cells' L2-normalised embeddings
+(:func:`image_mean_embeddings`; ``cellcls embed`` adds a TTA mean per cell first), and retrieval is
+measured between images, never between cells.
+
 Split (:func:`arcface_split`). Validation classes must be classes the network was trained on (a
 held-out group has no ArcFace centre and no training image to be retrieved), so the split holds
 out whole IMAGES within groups, never whole groups: each group with >= 2 images gives one
 validation image (which one: ``fold`` modulo the group's size, in a seeded order), groups with one
 image are train-only. Grouped folds (``cellcls folds --group-col``), right for the classifier,
-would make every validation class unseen here; a ``folds`` file is therefore ignored.
+would make every validation class unseen here; a ``folds`` file is therefore ignored. On cell
+crops the split is the same split of IMAGES: every cell of a held-out image goes to validation.
 
 Validation (each epoch, gathered over DDP ranks). The validation loader yields the held-out images
-first, then every training image, all in the evaluation form (resize + normalise). Then:
+(or their cells) first, then every training image (or its cells), all in the evaluation form
+(resize + normalise). On cell crops the cell embeddings are first averaged into image embeddings
+(:func:`image_mean_embeddings`). Then:
 
 * ``val/precision_at_1``: share of held-out images whose most cosine-similar training image
   (:func:`cellcls.neighbors.cosine_topk`) has the same group, beside ``val/precision_at_1_chance``
   (the expected value for a random training image: mean over held-out images of the share of
   training images in its group);
-* ``val/loss``: the ArcFace loss of the held-out images.
+* ``val/loss``: the ArcFace loss of the held-out images (of their cells, on cell crops).
 
-Checkpoints carry, in the ``cellcls`` section, ``task: 'arcface'``, ``embedding_dim``,
-``image_size``, ``stats`` and ``groups`` (the group names in class-index order) besides the
-classifier's keys.
+Checkpoints carry, in the ``cellcls`` section, ``task: 'arcface'``, ``embedding_dim``, ``stats``,
+``groups`` (the group names in class-index order), ``embedding_unit`` and either ``image_size``
+(whole images) or ``crop_mode``/``crop_size``/``crop_margin`` and the training ``mask_key`` (cell
+crops), besides the classifier's keys; :func:`cellcls.checkpoints.read_inference_checkpoint` with
+``tasks=EMBEDDING_TASKS`` reads them.
 """
 from __future__ import annotations
 
@@ -38,12 +52,14 @@ import torch
 from cellcls.classes import NUM_CHANNELS
 from cellcls.errors import CellclsError, LabelError
 
-from .data import TASK_SETUPS, ImageDataset
+from .data import TASK_SETUPS, CropDataset, ImageDataset
 from .module import CellClassifier
 
 __all__ = [
     "ArcFaceEmbedder",
     "GroupImageDataset",
+    "GroupCropDataset",
+    "image_mean_embeddings",
     "arcface_split",
     "group_names",
     "count_groups",
@@ -138,6 +154,27 @@ def retrieval_precision_at_1(query: np.ndarray, query_groups: np.ndarray, index:
     return precision, chance
 
 
+def image_mean_embeddings(cells: torch.Tensor, image_of_cell: torch.Tensor, n_images: int) -> torch.Tensor:
+    """Image embeddings from cell embeddings: the L2-normalised mean of each image's L2-normalised cells.
+
+    Parameters
+    ----------
+    cells : (N, D) float tensor
+        Cell embeddings (any norm, nonzero rows).
+    image_of_cell : (N,) int64 tensor
+        Image position (0 .. n_images - 1) of each cell.
+    n_images : int
+
+    Returns
+    -------
+    (n_images, D) float tensor with unit rows (an image without cells gets a zero row).
+    """
+    unit = torch.nn.functional.normalize(cells.float(), dim=1)
+    sums = torch.zeros(int(n_images), unit.shape[1], dtype=unit.dtype, device=unit.device)
+    sums.index_add_(0, image_of_cell.to(unit.device).long(), unit)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
 # ----------------------------------------------------------------------------- data
 class GroupImageDataset(ImageDataset):
     """Whole images with an int64 group index as target: item ``(x (4, S, S) float32, group () int64, i)``."""
@@ -151,6 +188,23 @@ class GroupImageDataset(ImageDataset):
 
         image = to_float01(read_image(self.images, self.ids[index], threads=1))
         return torch.from_numpy(self.transform(image)), torch.tensor(int(self.targets[index])), index
+
+
+class GroupCropDataset(CropDataset):
+    """Cell crops in memory with their image's int64 group: item ``(x (4, S, S) float32, group () int64, i)``.
+
+    ``image_of_cell`` (N,) int64: position of each cell's image in the run's image order (for the
+    image means of validation).
+    """
+
+    def __init__(self, crops: np.ndarray, groups: np.ndarray, image_of_cell: np.ndarray, transform) -> None:
+        super().__init__(crops, np.zeros((len(crops), 0), dtype=np.float32), transform)
+        self.groups = np.asarray(groups, dtype=np.int64)
+        self.image_of_cell = np.asarray(image_of_cell, dtype=np.int64)
+
+    def __getitem__(self, index: int):
+        x, _, index = super().__getitem__(index)
+        return x, torch.tensor(int(self.groups[index])), index
 
 
 def _read_groups(datamodule, table) -> tuple[list[str], str]:
@@ -182,15 +236,60 @@ def _setup_arcface(datamodule, table) -> None:
         raise CellclsError(f"{hp.labels}: no group has 2 or more images, so no image can be held out for "
                            "retrieval validation; the arcface task needs repeated groups")
     ids = np.array(table.ids, dtype=object)
-    fit_tf, val_tf = datamodule._transforms(hp.image_size, hp.train_crop)
-    datamodule.train_set = GroupImageDataset(hp.images, ids[train].tolist(), labels[train], fit_tf)
     query, index = np.flatnonzero(val), np.flatnonzero(train)
-    order = np.concatenate([query, index])
-    datamodule.val_set = GroupImageDataset(hp.images, ids[order].tolist(), labels[order], val_tf)
+    if datamodule.uses_crops():
+        query, index = _setup_cells(datamodule, ids, labels, query, index)
+    else:
+        fit_tf, val_tf = datamodule._transforms(hp.image_size, hp.train_crop)
+        datamodule.train_set = GroupImageDataset(hp.images, ids[train].tolist(), labels[train], fit_tf)
+        order = np.concatenate([query, index])
+        datamodule.val_set = GroupImageDataset(hp.images, ids[order].tolist(), labels[order], val_tf)
     datamodule.val_queries = int(len(query))
-    datamodule.task_meta = {"groups": names, "group_col": column}
-    log.info("arcface task: %d groups; %d training images, %d held out (one per group of >= 2 images)",
-             len(names), int(train.sum()), len(query))
+    datamodule.task_meta = {"groups": names, "group_col": column,
+                            "embedding_unit": "cell_mean" if datamodule.uses_crops() else "image"}
+    log.info("arcface task (%s): %d groups; %d training images, %d held out (one per group of >= 2 images)",
+             "cell crops" if datamodule.uses_crops() else "whole images", len(names), len(index), len(query))
+
+
+def _setup_cells(datamodule, ids: np.ndarray, labels: np.ndarray, query: np.ndarray,
+                 index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-crop sets: cells of the training images to train; cells of [held-out + training images] to validate.
+
+    Every image is cut once (:meth:`train.data.HpaDataModule._cut`). An image without cells in the
+    mask cache has no embedding: it leaves the split (a warning says how many). Sets
+    ``datamodule.val_set.image_of_cell`` (image positions in [query, index] order) and returns the
+    (query, index) image rows that kept cells.
+    """
+    hp = datamodule.hparams
+    wanted = np.unique(np.concatenate([query, index]))
+    crops, cells, entries = datamodule._cut(ids[wanted].tolist())
+    datamodule._set_mask_key(entries)
+    cell_ids = np.array([image_id for image_id, _ in cells], dtype=object)
+    has_cells = set(cell_ids.tolist())
+    dropped = [str(ids[i]) for i in wanted if ids[i] not in has_cells]
+    if dropped:
+        log.warning("arcface task: %d images have no cell in %s and are left out (first: %s)", len(dropped),
+                    hp.masks, dropped[0])
+    query = np.array([i for i in query if ids[i] in has_cells], dtype=np.int64)
+    index = np.array([i for i in index if ids[i] in has_cells], dtype=np.int64)
+    rows_of = {image_id: np.flatnonzero(cell_ids == image_id) for image_id in has_cells}
+
+    def cells_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(crop rows, group of each, position in ``images`` of each) of the cells of ``images``."""
+        counts = [len(rows_of[ids[i]]) for i in images]
+        return (np.concatenate([rows_of[ids[i]] for i in images]), np.repeat(labels[images], counts),
+                np.repeat(np.arange(len(images)), counts))
+
+    fit_tf, val_tf = datamodule._transforms(hp.crop_size, None)
+    train_rows, train_groups, train_images = cells_of(index)
+    datamodule.train_set = GroupCropDataset(crops[train_rows], train_groups, train_images, fit_tf)
+    val_rows, val_groups, val_images = cells_of(np.concatenate([query, index]))
+    datamodule.val_set = GroupCropDataset(crops[val_rows], val_groups, val_images, val_tf)
+    datamodule.train_cells = [cells[r] for r in train_rows]
+    datamodule.val_cell_index = [cells[r] for r in val_rows]
+    log.info("arcface task on cell crops (%s, %d px): %d training cells, %d validation cells", hp.crop_mode,
+             hp.crop_size, len(train_rows), len(val_rows))
+    return query, index
 
 
 def count_groups(datamodule) -> int:
@@ -280,19 +379,36 @@ class ArcFaceEmbedder(CellClassifier):
 
     @torch.no_grad()
     def validation_metrics(self, embeddings: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """Retrieval precision@1 of the held-out rows against the training rows, and their ArcFace loss."""
+        """Retrieval precision@1 of the held-out images against the training images, and the ArcFace loss.
+
+        ``embeddings`` (N, D) and ``targets`` (N, 1) are the validation rows in dataset order: images,
+        or cells (then averaged per image with :func:`image_mean_embeddings` before retrieval; the
+        loss is over the held-out images' cells).
+        """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         n_query = int(getattr(datamodule, "val_queries", 0) or 0)
         groups = targets.view(-1).long()
+        image_of_cell = getattr(getattr(datamodule, "val_set", None), "image_of_cell", None)
+        n_loss = n_query
+        if image_of_cell is not None:  # cells -> image means; the loss stays on the held-out cells
+            image_of_cell = torch.as_tensor(image_of_cell, dtype=torch.int64)
+            n_loss = int((image_of_cell < n_query).sum())
+            loss_rows, loss_groups = embeddings[:n_loss], groups[:n_loss]
+            n_images = int(image_of_cell.max()) + 1 if len(image_of_cell) else 0
+            first = torch.full((n_images,), len(groups), dtype=torch.int64).scatter_reduce(
+                0, image_of_cell, torch.arange(len(groups)), reduce="amin")
+            embeddings, groups = image_mean_embeddings(embeddings, image_of_cell, n_images), groups[first]
+        else:
+            loss_rows, loss_groups = embeddings[:n_query], groups[:n_query]
         query, index = embeddings[:n_query], embeddings[n_query:]
         out: dict[str, float] = {}
         if n_query and len(index):
             out["precision_at_1"], out["precision_at_1_chance"] = retrieval_precision_at_1(
                 query.numpy(), groups[:n_query].numpy(), index.numpy(), groups[n_query:].numpy())
-        if n_query:
+        if n_loss:
             arc = self.model.head.arc
-            cosines = arc(query.to(arc.weight.device, arc.weight.dtype)).float()
-            out["loss"] = float(self.criterion(cosines, groups[:n_query].to(cosines.device)))
+            cosines = arc(loss_rows.to(arc.weight.device, arc.weight.dtype)).float()
+            out["loss"] = float(self.criterion(cosines, loss_groups.to(cosines.device)))
         return out
 
     def inference_metadata(self) -> dict[str, Any]:

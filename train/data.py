@@ -15,8 +15,10 @@ Tasks
     memory in the image dtype (4 x S x S bytes per cell at 8 bits).
 
 ``arcface``
-    Whole images with their group (antibody id, column ``group_col``) as the class, for the
-    metric-learning network of :mod:`train.arcface` (its own split: one held-out image per group).
+    The group (antibody id, column ``group_col``) as the class, for the metric-learning network of
+    :mod:`train.arcface` (its own split: one held-out image per group). Whole images, or, when
+    ``masks`` is given, the cell crops of the cell task, each carrying its image's group (the image
+    embedding is then the normalised mean of its cells' embeddings).
 
 Splits: the ``fold`` column of ``folds`` (``cellcls folds``) picks the validation fold; without a
 folds file, 5 folds are made here with :func:`cellcls.folds.make_folds` (seed 0), grouped by the
@@ -210,13 +212,14 @@ class HpaDataModule(pl.LightningDataModule):
     train_crop : int, optional
         Image task, ``bestfitting2019`` augmentation: side of the random training window.
     masks : str, optional
-        Cell task: mask cache of the train images (``cellcls segment --images IMAGES --out MASKS``).
+        Cell task (and arcface on cell crops): mask cache of the train images (``cellcls segment
+        --images IMAGES --out MASKS``).
     crop_mode : str
-        Cell task: a mode of :data:`cellcls.crops.CROP_MODES` ("masked", "context", ...).
+        Cell crops: a mode of :data:`cellcls.crops.CROP_MODES` ("masked", "context", ...).
     crop_size : int
-        Cell task: crop side in pixels (model input side).
+        Cell crops: crop side in pixels (model input side).
     crop_margin : float
-        Cell task, box modes: margin around the cell's box, as a fraction of its sides.
+        Cell crops, box modes: margin around the cell's box, as a fraction of its sides.
     cell_labels : str, optional
         Cell task: soft per-cell labels (see :func:`read_cell_labels`); default: image labels broadcast.
     solution : str, optional
@@ -348,15 +351,23 @@ class HpaDataModule(pl.LightningDataModule):
         self.train_rate = self.train_set.targets.mean(axis=0)
         self.val_targets = self.val_set.targets
         self.train_cells, self.val_cell_index = train_cells, val_cells
+        self._set_mask_key(entries)
+        if hp.solution is not None:
+            self.val_cells = self._validation_cells(val_ids, val_cells, entries)
+
+    def _set_mask_key(self, entries: dict) -> None:
+        """Record the training masks' parameter set from the cache entries used ({ID: CacheEntry})."""
         # mask_key = "{parameter-set part}-{label part}"; the first part is shared by every entry of one
         # parameter set (train and test alike): it is what inference compares its own masks against.
         parts = sorted({e.mask_key.split("-", 1)[0] for e in entries.values()})
         if len(parts) != 1:
-            raise CellclsError(f"the mask cache {hp.masks} mixes {len(parts)} parameter sets; re-segment it")
+            raise CellclsError(f"the mask cache {self.hparams.masks} mixes {len(parts)} parameter sets; re-segment it")
         self.mask_key = parts[0]
         self.mask_params_hash = next(iter(entries.values())).params_hash
-        if hp.solution is not None:
-            self.val_cells = self._validation_cells(val_ids, val_cells, entries)
+
+    def uses_crops(self) -> bool:
+        """Whether the samples are cell crops: the cell task, and the arcface task given ``masks``."""
+        return self.hparams.task == "cell" or (self.hparams.task == "arcface" and self.hparams.masks is not None)
 
     def _cut(self, ids: Sequence[str]):
         """Crops of every cell of ``ids``: ((N, 4, S, S) array, [(ID, cell_id)], {ID: CacheEntry})."""
@@ -452,7 +463,7 @@ class HpaDataModule(pl.LightningDataModule):
     def inference_metadata(self) -> dict[str, Any]:
         """Plain-typed facts about the inputs the model was trained on (stored in the checkpoint)."""
         hp = self.hparams
-        cell = hp.task == "cell"
+        cell = self.uses_crops()
         return {
             "classes": list(CLASS_NAMES),
             "channels": list(CHANNELS),
@@ -464,7 +475,7 @@ class HpaDataModule(pl.LightningDataModule):
             "stats": None if self.mean is None else {"mean": list(self.mean), "std": list(self.std)},
             "mask_key": self.mask_key,
             "mask_params_hash": self.mask_params_hash,
-            "cell_labels": "soft" if hp.cell_labels else ("broadcast" if cell else None),
+            "cell_labels": "soft" if hp.cell_labels else ("broadcast" if hp.task == "cell" else None),
             "train_rate": None if self.train_rate is None else [float(v) for v in self.train_rate],
             **self.task_meta,
         }
