@@ -27,14 +27,16 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "OwnedDir", "make_owned_dir", "remove_stale_dirs",
+__all__ = ["atomic_file", "atomic_write_bytes", "TEMP_SUFFIX", "atomic_write_text", "OwnedDir", "make_owned_dir", "remove_stale_dirs",
            "LOCK_NAME"]
 
 log = logging.getLogger(__name__)
@@ -44,32 +46,37 @@ LOCK_NAME = ".lock"
 
 
 # ----------------------------------------------------------------------------- whole files
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file beside it, fsync, :func:`os.replace`).
+#: suffix of the temp files (``.{name}.XXXX.tmp`` beside the target); cleaners look for it
+TEMP_SUFFIX = ".tmp"
 
-    Parameters
-    ----------
-    path : the target file; its folder is created if needed.
-    payload : the whole content.
 
-    Returns
-    -------
-    Path
-        ``path``. On any error (also KeyboardInterrupt) the temp file is removed and ``path`` is untouched.
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces ``path`` whole when the block ends without error.
+
+    The handle writes a temp file in the folder of ``path`` (created if needed); on leaving the block
+    it is flushed, fsynced and renamed over ``path`` (:func:`os.replace`). On any error (also
+    KeyboardInterrupt) the temp file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically (:func:`atomic_file`); returns ``path``."""
+    with atomic_file(path) as handle:
+        handle.write(payload)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cellcls.atomic import TEMP_SUFFIX, atomic_file
 from cellcls.errors import CacheError
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-TEMP_SUFFIX = ".tmp"
 UINT16_MAX = int(np.iinfo(np.uint16).max)
 UINT32_MAX = int(np.iinfo(np.uint32).max)
 
@@ -118,19 +117,8 @@ def to_json(meta: dict[str, Any]) -> bytes:
 
 def atomic_write(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a part."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as handle:
+        handle.write(payload)
     fsync_dir(path.parent)
 
 
