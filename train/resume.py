@@ -26,7 +26,6 @@ renames it (:func:`os.replace`), so a checkpoint file is always the old one or t
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
