@@ -52,10 +52,11 @@ def test_options_change_the_world_only_when_given(tmp_path):
     kw = dict(n_train=3, n_test=2, size_px=128, seed=4, progress=False)
     generate_world(tmp_path / "plain", **kw)
     generate_world(tmp_path / "explicit", variant="default", cell_shape="default", renderer="default",
-                   class_mix="real", negative_share=(0.0, 0.3), **kw)
+                   class_mix="real", negative_share=(0.0, 0.3), shared_groups=0.3, **kw)
     plain = _tree(tmp_path / "plain")
     assert plain == _tree(tmp_path / "explicit")
-    assert "variant" not in json.loads((tmp_path / "plain" / "world.json").read_text())
+    meta = json.loads((tmp_path / "plain" / "world.json").read_text())
+    assert "variant" not in meta and "shared_groups" not in meta
 
 
 # ---------------------------------------------------------------- cell shapes
@@ -267,6 +268,40 @@ def test_cli_variant_world_and_choices_match_the_registries(tmp_path):
     assert set(choices["variant"]) == set(VARIANTS.names())
 
 
+# ---------------------------------------------------------------- test groups shared with train
+
+
+def _test_groups_in_train(root: Path) -> list[bool]:
+    """For each test image of truth/images.csv: does its group (protein) also have a train image?"""
+    rows = _read_csv(root / "truth" / "images.csv")
+    train_groups = {r["group"] for r in rows if r["split"] == "train"}
+    return [r["group"] in train_groups for r in rows if r["split"] == "test"]
+
+
+def test_shared_groups_sets_how_many_test_groups_occur_in_train(tmp_path):
+    kw = dict(n_train=12, n_test=12, size_px=64, seed=3, progress=False)
+    generate_world(tmp_path / "all", shared_groups=1.0, **kw)
+    generate_world(tmp_path / "none", shared_groups=0.0, **kw)
+    generate_world(tmp_path / "plain", **kw)
+    every, never, plain = (_test_groups_in_train(tmp_path / n) for n in ("all", "none", "plain"))
+    assert len(every) == len(never) == 12
+    assert all(every), "F = 1: every test image is one more image of a train protein"
+    assert not any(never), "F = 0: every test protein is unseen in train"
+    assert 0 < sum(plain) < 12, "the default (0.3) mixes both"
+    assert json.loads((tmp_path / "all" / "world.json").read_text())["shared_groups"] == 1.0
+    assert json.loads((tmp_path / "none" / "world.json").read_text())["shared_groups"] == 0.0
+
+
+@pytest.mark.parametrize("value", ("1.5", "-0.1", "nan"))
+def test_bad_shared_groups_is_one_error_line(tmp_path, capsys, value):
+    code = main(["synth", "--out", str(tmp_path / "x"), "--train", "1", "--size", "64", "--shared-groups", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "--shared-groups" in err[0], err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="shared_groups"):
+        generate_world(tmp_path / "y", n_train=1, n_test=1, size_px=64, shared_groups=2.0, progress=False)
+
+
 @pytest.mark.parametrize("values", (["0.5", "0.2"], ["-0.1", "0.2"], ["0.1", "1.5"], ["nan", "0.5"]))
 def test_bad_negative_share_is_one_error_line(tmp_path, capsys, values):
     code = main(["synth", "--out", str(tmp_path / "x"), "--train", "1", "--size", "64", "--negative-share", *values])
@@ -294,5 +329,6 @@ def test_help_explains_each_option(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for needle in ("--cell-shape", "axis ratio 2.8-4.5", "solidity", "--renderer", "only the green channel changes",
                    "--class-mix", "counts ** 0.75", "equally likely", "--negative-share", "0 <= LO <= HI <= 1",
-                   "non-expressing", "--variant", "shifted", "world.json"):
+                   "non-expressing", "--variant", "shifted", "world.json", "--shared-groups",
+                   "every test group occurs in train"):
         assert needle in text, needle

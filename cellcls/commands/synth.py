@@ -66,6 +66,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="range of each image's share of non-expressing cells (cell truth Negative), fractions in "
         "0 <= LO <= HI <= 1, drawn per image and skewed towards LO (default 0 0.3)",
     )
+    group.add_argument(
+        "--shared-groups", type=Bounded(float, low=0.0, high=1.0), default=None, metavar="F",
+        help="chance in [0, 1] that a test draw is one more image of a train protein (group); otherwise it adds "
+        "a protein unseen in train with 1-6 images, so fewer test images than F share a group with train "
+        "(200 + 50 images, seed 0: 5 of 50 at the default 0.3, 41 at 0.85); 1 = every test group occurs in "
+        "train, 0 = none; recorded as \"shared_groups\" in world.json",
+    )
     add_progress_option(parser)
 
 
@@ -100,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
             scale=args.scale,
             non_square=args.non_square,
             progress=progress_enabled(args),
+            shared_groups=args.shared_groups,
             **variant_options,
         )
         print(summary.describe())

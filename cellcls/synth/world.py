@@ -15,7 +15,8 @@ Layout of ``out_dir`` (IDs are UUID-like strings drawn from the seed)::
     truth/images.csv        ID,split,group,cell_line,width,height,bit_depth,n_cells,labels
     world.json              seed, scale, bit depth, counts, sizes, format version; "variant"
                             (cell_shape, renderer, class_mix, negative_share) only for a world
-                            drawn differently (absent = the default drawing)
+                            drawn differently (absent = the default drawing); "shared_groups"
+                            only when test images share proteins with train at another rate
 
 Every byte depends only on the arguments: PNGs are written with a fixed compression level and
 no timestamps, CSVs with fixed formatting, so the same seed reproduces every file.
@@ -45,7 +46,7 @@ from .proteins import Protein, draw_protein
 from .sample import SynthSample, render_sample
 from .variants import WorldVariant, mix_weights, resolve_variant
 
-__all__ = ["WorldSummary", "generate_world", "FORMAT_VERSION", "TEST_SIZES_FULL_PX", "write_png"]
+__all__ = ["WorldSummary", "generate_world", "FORMAT_VERSION", "SHARED_TEST_GROUPS", "TEST_SIZES_FULL_PX", "write_png"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ FORMAT_VERSION = 2
 #: Full-resolution sizes of the real test set and how often each occurs (HPA_FACTS §1).
 TEST_SIZES_FULL_PX = ((1728, 68), (2048, 462), (3072, 29))
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
-_SHARED_TEST_GROUPS = 0.3  # share of test images drawn from proteins also seen in train
+#: Default chance that a test draw is one more image of a train protein (group). The other draws
+#: start an unseen protein with 1-6 images, so the share of test images whose group is in train is
+#: lower: 5 of 50 for ``--train 200 --test 50 --seed 0``.
+SHARED_TEST_GROUPS = 0.3
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ def _plan(
     sizes: list[tuple[int, int]],
     image_seeds: Sequence[np.random.SeedSequence],
     weights: np.ndarray | None = None,
+    shared_groups: float = SHARED_TEST_GROUPS,
 ) -> tuple[list[_Plan], list[Protein], list[tuple[int, ...]]]:
     proteins: list[Protein] = []
     lines_of: list[tuple[int, ...]] = []  # cell lines each protein was imaged in
@@ -151,7 +156,7 @@ def _plan(
     fresh = _group_sizes(rng, n_test)
     fresh_iter = iter(fresh)
     while len(test_groups) < n_test:
-        if n_train_groups and rng.random() < _SHARED_TEST_GROUPS:
+        if n_train_groups and rng.random() < shared_groups:
             test_groups.append(int(rng.integers(n_train_groups)))
         else:
             g = new_group()
@@ -196,6 +201,7 @@ def generate_world(
     renderer: str | None = None,
     class_mix: str | None = None,
     negative_share: tuple[float, float] | None = None,
+    shared_groups: float | None = None,
 ) -> WorldSummary:
     """Generate and write a synthetic world (see the module docstring for the files).
 
@@ -221,9 +227,14 @@ def generate_world(
         ``flat`` (18 classes equal) or ``rare`` (tilted towards rare classes).
     negative_share : (low, high) fractions of cells, 0 <= low <= high <= 1: range of each
         image's share of non-expressing (Negative) cells; default (0, 0.3).
+    shared_groups : probability in [0, 1] that each test draw is one more image of a protein
+        (group) picked uniformly among the train groups; otherwise the draw adds a protein unseen
+        in train with 1-6 images, so the share of test images of train groups is below this
+        (seed 0, 200 + 50 images: 5 at 0.3, 19 at 0.8, 41 at 0.85). None = the default 0.3;
+        1 = every test group occurs in train (when n_train > 0), 0 = none does.
 
     The default drawing writes exactly the files it always did; any other choice is recorded
-    under ``"variant"`` in world.json.
+    under ``"variant"`` in world.json (``shared_groups`` under its own key).
     """
     from tqdm import tqdm
 
@@ -236,6 +247,9 @@ def generate_world(
         raise ValueError(f"non_square is a fraction in [0, 1], got {non_square}")
     if size_px is not None and int(size_px) < 32:
         raise ValueError(f"size_px must be at least 32, got {size_px}")
+    if shared_groups is not None and not 0.0 <= float(shared_groups) <= 1.0:
+        raise ValueError(f"shared_groups is a fraction in [0, 1], got {shared_groups}")
+    share = SHARED_TEST_GROUPS if shared_groups is None else float(shared_groups)
     if isinstance(variant, WorldVariant):
         variant = resolve_variant(
             None, cell_shape=cell_shape or variant.cell_shape, renderer=renderer or variant.renderer,
@@ -250,7 +264,7 @@ def generate_world(
     rng = np.random.default_rng(world_ss)
     n_total = n_train + n_test
     sizes = _draw_sizes(rng, n_total, size_px, scale, non_square)
-    plans, proteins, lines_of = _plan(rng, n_train, n_test, sizes, images_ss.spawn(n_total), mix_weights(variant.class_mix))
+    plans, proteins, lines_of = _plan(rng, n_train, n_test, sizes, images_ss.spawn(n_total), mix_weights(variant.class_mix), share)
 
     files = {
         "train images": out / "train",
@@ -353,6 +367,8 @@ def generate_world(
     }
     if not variant.is_default():
         meta["variant"] = variant.as_json()
+    if share != SHARED_TEST_GROUPS:
+        meta["shared_groups"] = share
     files["world.json"].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="ascii")
     summary = WorldSummary(
         out_dir=out,
