@@ -12,7 +12,7 @@ Every step is a ``cellcls`` command run through the plugin CLI (:func:`cellcls.c
     blend      cellcls predict          fold-0 validation images scored by both; the blend rule is picked
                                         on them when the data has per-cell truth (solution_train.csv)
     pseudo     cellcls predict + train  optional: the cell model relabels the train cells (soft labels)
-                                        and is trained again on them
+                                        and fine-tuned on them
     predict    cellcls predict          every test cell: cell-only, image-only and the blend (with TTA)
     check      cellcls check-submission
     evaluate   cellcls evaluate         when the data has solution.csv
@@ -449,7 +449,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     fig["pseudo"] = None
     if options.pseudo:
         with run.stage("pseudo", "pseudo-label round: the cell model relabels every train cell within its "
-                                 "image's labels, and is trained again on those soft labels"):
+                                 "image's labels, and is fine-tuned on those soft labels"):
             raw, soft = out / "pseudo_scores.parquet", out / "pseudo_labels.parquet"
             # no TTA here: the soft labels are rescaled per image anyway, and this pass covers every train cell
             _cellcls(["predict", "--images", data.train, "--masks", masks_train, "--checkpoint", cell_ckpt,
