@@ -78,7 +78,7 @@ class DemoOptions:
     seed: int = 0
     image_scale: float | None = None
     cell_epochs: int = 6
-    image_epochs: int = 8
+    image_epochs: int = 6
     crop_px: int = 48
     image_px: int = 128
     pseudo: bool = True

@@ -30,7 +30,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     world.add_argument("--seed", type=int, default=0, help="world, folds and training seed (default 0)")
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--epochs", type=Bounded(int, low=1), metavar="E",
-                        help="cell-model epochs (default 6; the image model gets 4/3 as many, 8 by default)")
+                        help="epochs of the cell model and of the image model (default 6 each)")
     recipe.add_argument("--no-pseudo", action="store_true", help="skip the pseudo-label round")
     recipe.add_argument("--pseudo-epochs", type=Bounded(int, low=1), default=3, metavar="E",
                         help="epochs of the pseudo-label round, fine-tuning the first cell model on its own "
@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out, data=args.data, image_scale=args.image_scale, seed=args.seed,
         n_train=args.train or quick.get("train", 200), n_test=args.test or quick.get("test", 50),
         size_px=args.size or quick.get("size", 512), cell_epochs=epochs,
-        image_epochs=max(1, round(4 * epochs / 3)) if args.epochs else quick.get("image_epochs", 8),
+        image_epochs=epochs if args.epochs else quick.get("image_epochs", 6),
         pseudo_epochs=args.pseudo_epochs,
         pseudo=not (args.no_pseudo or args.quick), tta=args.tta, progress=progress_enabled(args))
     summary = run_demo(options)
