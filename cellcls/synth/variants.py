@@ -128,14 +128,15 @@ def _check_name(registry: Registry, value: str, option: str) -> str:
 
 
 def resolve_variant(
-    variant: str | None = None,
+    variant: "str | WorldVariant | None" = None,
     *,
     cell_shape: str | None = None,
     renderer: str | None = None,
     class_mix: str | None = None,
     negative_share: tuple[float, float] | None = None,
 ) -> WorldVariant:
-    """The preset ``variant`` (None = default) with the given choices overriding it, validated.
+    """The preset ``variant`` (a name, a :class:`WorldVariant` or None = default) with the given
+    choices overriding it, validated (a WorldVariant's own choices are checked like given ones).
 
     Raises
     ------
@@ -143,6 +144,10 @@ def resolve_variant(
         An unknown name, or a negative share range not ``0 <= low <= high <= 1``; the message
         names the option (``--cell-shape``...) and the valid values.
     """
+    if isinstance(variant, WorldVariant):
+        cell_shape, renderer = cell_shape or variant.cell_shape, renderer or variant.renderer
+        class_mix, negative_share = class_mix or variant.class_mix, negative_share or variant.negative_share
+        variant = None
     base = VARIANTS.get(_check_name(VARIANTS, variant, "--variant")) if variant is not None else DEFAULT_VARIANT
     changes: dict = {}
     if cell_shape is not None:

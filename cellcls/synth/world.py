@@ -250,13 +250,8 @@ def generate_world(
     if shared_groups is not None and not 0.0 <= float(shared_groups) <= 1.0:
         raise ValueError(f"shared_groups is a fraction in [0, 1], got {shared_groups}")
     share = SHARED_TEST_GROUPS if shared_groups is None else float(shared_groups)
-    if isinstance(variant, WorldVariant):
-        variant = resolve_variant(
-            None, cell_shape=cell_shape or variant.cell_shape, renderer=renderer or variant.renderer,
-            class_mix=class_mix or variant.class_mix, negative_share=negative_share or variant.negative_share,
-        )
-    else:
-        variant = resolve_variant(variant, cell_shape=cell_shape, renderer=renderer, class_mix=class_mix, negative_share=negative_share)
+    variant = resolve_variant(variant, cell_shape=cell_shape, renderer=renderer, class_mix=class_mix,
+                              negative_share=negative_share)
     out = Path(out_dir)
     for sub in ("train", "test", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
