@@ -23,7 +23,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from _tables import Table, is_markdown_row, parse_tables
+from cellcls.atomic import atomic_write_text
 from cellcls.errors import ParameterError
 from cellcls.registry import Registry
 
@@ -362,14 +362,7 @@ def rewrite_readme(path: Path, records: Mapping[str, str], *, keep_others: bool,
     if section is None:
         before = before + ("" if not before or before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n")
     result = before + new + after
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(result)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, result)  # bytes as given: no newline translation
     return result
 
 

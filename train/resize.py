@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from cellcls.atomic import atomic_write_text
 from cellcls.classes import CHANNELS
 from cellcls.errors import CellclsError, ImageError, ParameterError
 from cellcls.labels import read_ids_csv
@@ -296,9 +297,7 @@ def _write_manifest(out: Path, images_dir: Path, summary: ResizeSummary) -> None
         "failed": summary.failed,
         "failed_ids": sorted(summary.failures),
     }
-    tmp = out / f"{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST_NAME)
+    atomic_write_text(out / MANIFEST_NAME, json.dumps(record, indent=2) + "\n")
 
 
 def _outcomes(items: Iterable[ResizeOutcome | tuple], *, workers: int) -> Iterator[ResizeOutcome]:

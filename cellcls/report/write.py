@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
+from ..atomic import atomic_write_text
 from ..errors import CellclsError, ReportError
 from ..show import SHORT_NAMES
 from . import figures
@@ -341,10 +342,8 @@ def write_report(out_dir: PathLike, *, evaluations: Mapping[str, Any] | Sequence
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_ok = sum(s.status == "ok" for s in sections)
     index = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page(title, f"made {made} by cellcls report; {n_ok} of {len(sections)} sections filled",
-                        sections), encoding="utf-8")
-    os.replace(tmp, index)
+    atomic_write_text(index, page(title, f"made {made} by cellcls report; {n_ok} of {len(sections)} sections filled",
+                                  sections))
     files = tuple(out / f for s in sections for f in s.files)
     log.info("report: %s (%d files)", index, len(files) + 1)
     return Report(index=index, files=files, sections=tuple(sections))
