@@ -199,7 +199,8 @@ def _map(spec, cells: dict, images: dict, masks: Path, solution: Path) -> float:
 def blends(n_train: int = 64, n_test: int = 24, epochs: int = 8) -> None:
     from cellcls.cli import main as cellcls_main
     from cellcls.io import list_image_ids
-    from infer.blend import BlendSpec, blend_grid
+    from infer.blend import BlendSpec
+    from infer.blend_choice import blend_grid
     from infer.predict_command import read_folds
 
     with tempfile.TemporaryDirectory() as tmp:

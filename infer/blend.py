@@ -35,7 +35,7 @@ border4     4th place: x f(r_ud) f(r_lr), r = (side - n) / side, f(r) = 1 if r >
             image border has its cut nucleus on that edge. Columns ``nucleus_edge_ud_px`` and
             ``nucleus_edge_lr_px``, measured by :func:`nucleus_edge_pixels` from the nuclei map.
 
-Choosing a blend (:mod:`infer.blend_choice`, re-exported here): :func:`choose_blend` scores candidate specs on validation cells with known truth
+Choosing a blend (:mod:`infer.blend_choice`): :func:`choose_blend` scores candidate specs on validation cells with known truth
 labels by :func:`per_cell_map`, the per-cell ranking part of the competition's mAP@0.6 (exact when
 the predicted masks are the true cells; see there).
 """
@@ -57,13 +57,9 @@ __all__ = [
     "BLEND_MODIFIERS",
     "EDGE_COLUMNS",
     "BlendSpec",
-    "BlendChoice",
     "blend",
     "border_factor",
     "nucleus_edge_pixels",
-    "per_cell_map",
-    "choose_blend",
-    "blend_grid",
 ]
 
 Rule = Callable[..., np.ndarray]
@@ -360,16 +356,3 @@ def blend(cell_scores: np.ndarray, image_scores: np.ndarray, cells: CellRows | N
     for name, options in spec.modifiers:
         out = BLEND_MODIFIERS.get(name)(out, cells, **dict(options))
     return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- choosing (own module)
-_CHOOSING = frozenset({"BlendChoice", "per_cell_map", "choose_blend", "blend_grid"})
-
-
-def __getattr__(name: str) -> Any:
-    """The names of :mod:`infer.blend_choice`, loaded on first use (it imports this module)."""
-    if name in _CHOOSING:
-        from . import blend_choice
-
-        return getattr(blend_choice, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

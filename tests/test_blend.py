@@ -8,17 +8,8 @@ from cellcls import rle
 from cellcls.errors import ParameterError, RegistryError
 from cellcls.metric import evaluate
 from cellcls.submission_format import SubmissionRow
-from infer.blend import (
-    BLEND_MODIFIERS,
-    BLEND_RULES,
-    BlendSpec,
-    blend,
-    blend_grid,
-    border_factor,
-    choose_blend,
-    nucleus_edge_pixels,
-    per_cell_map,
-)
+from infer.blend import BLEND_MODIFIERS, BLEND_RULES, BlendSpec, blend, border_factor, nucleus_edge_pixels
+from infer.blend_choice import blend_grid, choose_blend, per_cell_map
 
 NEG = 18
 
