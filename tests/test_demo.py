@@ -111,3 +111,57 @@ def test_own_data_without_solution_is_not_scored_but_gets_a_valid_submission(tin
     assert Path(summary["submission"]) == out / "submission.csv"
     assert cellcls_main(["check-submission", str(out / "submission.csv"),
                          "--sample", str(data / "sample_submission.csv")]) == 0
+
+
+# ----------------------------------------------------------------------------- what the weak labels cost
+@pytest.fixture(scope="module")
+def ceiling_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "weak_label_ceiling.py"
+    spec = importlib.util.spec_from_file_location("weak_label_ceiling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_truth_cell_labels_score_every_segmented_cell_within_its_images_labels(tiny_run, ceiling_script):
+    from cellcls.masks import MaskCache
+    from cellcls.scores import SCORE_COLUMNS
+    from cellcls.show import match_cells, read_truth
+
+    table, image_labels = ceiling_script.truth_cell_labels(tiny_run)
+    reader = MaskCache(tiny_run / "masks" / "train").reader()
+    total = 0
+    for image_id in image_labels:
+        entry = reader.read(image_id, upscale=True)
+        total += int(np.count_nonzero(np.unique(entry.cells)))
+    assert len(table) == total > 0
+    truth = table[list(SCORE_COLUMNS)].to_numpy()
+    assert set(np.unique(truth)) <= {0.0, 1.0} and (truth.sum(axis=1) >= 1).all()
+    # a cell's truth is a subset of its image's labels (the image label is the union), or Negative
+    for row, image_id in zip(truth.astype(bool), table["ID"]):
+        shown = row.copy()
+        shown[NEGATIVE] = False
+        assert not (shown & ~image_labels[image_id]).any(), image_id
+    # a matched cell carries exactly its truth cell's labels
+    image_id = table["ID"].iloc[0]
+    entry = reader.read(image_id, upscale=True)
+    truth_map, truth_labels = read_truth(tiny_run / "world" / "truth", image_id)
+    cell_id, truth_id = next(iter(match_cells(entry.cells, truth_map, iou_threshold=0.6).items()))
+    row = table[(table["ID"] == image_id) & (table["cell_id"] == cell_id)][list(SCORE_COLUMNS)].to_numpy()[0]
+    assert np.flatnonzero(row).tolist() == sorted(truth_labels[truth_id])
+    quality = ceiling_script.label_quality(table, image_labels)
+    assert len(quality) == NUM_CLASSES
+    for _name, n, hit, precision in quality:
+        assert 0 <= hit <= n and (n == 0 or precision == pytest.approx(hit / n))
+
+
+@pytest.mark.slow
+def test_ceiling_script_trains_on_cell_truth_and_reports_its_test_score(tiny_run, ceiling_script, tmp_path, capsys):
+    assert ceiling_script.main(["--demo", str(tiny_run), "--epochs", "1", "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "trained on cell truth" in printed and "held-out fold-0 cells" in printed
+    assert (tmp_path / "c" / "truth_run" / "checkpoints" / "last.ckpt").is_file()
+    assert len(ceiling_script.val_curve(tmp_path / "c" / "truth_run")) == 1
