@@ -33,9 +33,10 @@ from cellcls.cli import main as cellcls_main
 from cellcls.errors import CellclsError
 
 from .demo_blend import BLEND_CANDIDATES, REPORT_BLENDS, choose_blend_on_validation, score_blends
+from .pseudo import write_pseudo_labels
 
 __all__ = ["DemoOptions", "DemoRun", "run_demo", "format_summary", "choose_blend_on_validation",
-           "image_label_pseudo", "write_pseudo_labels", "config_path", "report_argv", "DEFAULT_BLEND", "BLEND_CANDIDATES",
+           "config_path", "report_argv", "DEFAULT_BLEND", "BLEND_CANDIDATES",
            "SUMMARY_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -255,63 +256,6 @@ def _image_macro_f1(scores_path: Path, checkpoint: Path, truth: Path | None) -> 
     probs = first[list(SCORE_COLUMNS)].to_numpy(dtype=np.float64)
     value = float(f1_scores(targets, probs, thresholds)["macro_f1"])
     return value if np.isfinite(value) else None
-
-
-# ----------------------------------------------------------------------------- pseudo labels
-def image_label_pseudo(scores: "Any", image_labels: "Any") -> "Any":
-    """Soft cell labels: a model's cell scores kept on the image's own labels only.
-
-    Per image and labelled class c, the cells' scores of c divided by their maximum (the image
-    label says at least one cell has c, so its most likely cell gets 1); classes the image does not
-    carry get 0; Negative = 1 - the largest soft label of the other classes (an image labelled
-    Negative only: every cell 1).
-
-    Parameters
-    ----------
-    scores : (n_cells, 19) float in [0, 1], one image's cell scores.
-    image_labels : (19,) bool, its image-level labels.
-
-    Returns
-    -------
-    (n_cells, 19) float32 in [0, 1]
-    """
-    import numpy as np
-
-    from cellcls.classes import NEGATIVE
-
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(image_labels, dtype=bool).copy()
-    out = np.zeros_like(scores)
-    labels[NEGATIVE] = False
-    if not labels.any():
-        out[:, NEGATIVE] = 1.0
-        return out.astype(np.float32)
-    top = scores[:, labels].max(axis=0)
-    out[:, labels] = scores[:, labels] / np.maximum(top, 1e-6)
-    out[:, NEGATIVE] = 1.0 - out.max(axis=1)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def write_pseudo_labels(scores_path: Path, labels_csv: Path, out: Path) -> int:
-    """Apply :func:`image_label_pseudo` to every image of a score table; return the cells written."""
-    import pandas as pd
-
-    from cellcls.labels import read_train_csv
-    from cellcls.scores import SCORE_COLUMNS, read_scores, write_scores
-
-    frame = read_scores(scores_path)
-    truth = read_train_csv(labels_csv)
-    targets = dict(zip(truth.ids, truth.targets.astype(bool)))
-    parts = []
-    for image_id, rows in frame.groupby("ID", sort=False):
-        if image_id not in targets:
-            raise CellclsError(f"pseudo labels: image {image_id} of {scores_path} is not in {labels_csv}")
-        block = rows.copy()
-        block[list(SCORE_COLUMNS)] = image_label_pseudo(rows[list(SCORE_COLUMNS)].to_numpy(), targets[image_id])
-        parts.append(block)
-    table = pd.concat(parts, ignore_index=True) if parts else frame
-    write_scores(table, out)
-    return int(len(table))
 
 
 # ----------------------------------------------------------------------------- the run

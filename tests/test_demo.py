@@ -10,7 +10,8 @@ import pytest
 
 from cellcls.classes import NEGATIVE, NUM_CLASSES
 from cellcls.cli import main as cellcls_main
-from infer.demo import SUMMARY_KEYS, image_label_pseudo
+from infer.demo import SUMMARY_KEYS
+from infer.pseudo import image_label_pseudo
 
 TINY = ["--train", "16", "--test", "4", "--size", "192", "--epochs", "1", "--tta", "none", "--no-progress"]
 
