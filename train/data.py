@@ -70,7 +70,7 @@ class ImageDataset(Dataset):
     def __init__(self, images: str | Path, ids: Sequence[str], targets: np.ndarray, transform) -> None:
         self.images = str(images)
         self.ids = list(ids)
-        self.targets = np.asarray(targets, dtype=np.float32)
+        self.targets = np.array(targets, dtype=np.float32)  # a writable copy: torch.from_numpy warns on read-only views
         self.transform = transform
 
     def __len__(self) -> int:
@@ -88,7 +88,7 @@ class CropDataset(Dataset):
 
     def __init__(self, crops: np.ndarray, targets: np.ndarray, transform) -> None:
         self.crops = crops
-        self.targets = np.asarray(targets, dtype=np.float32)
+        self.targets = np.array(targets, dtype=np.float32)  # a writable copy: torch.from_numpy warns on read-only views
         self.transform = transform
 
     def __len__(self) -> int:
