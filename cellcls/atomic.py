@@ -36,8 +36,8 @@ try:  # POSIX only
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_file", "atomic_write_bytes", "TEMP_SUFFIX", "atomic_write_text", "OwnedDir", "make_owned_dir", "remove_stale_dirs",
-           "LOCK_NAME"]
+__all__ = ["atomic_file", "atomic_write_bytes", "TEMP_SUFFIX", "STALE_TEMP_AGE_S", "atomic_write_text",
+           "remove_stale_temp_files", "OwnedDir", "make_owned_dir", "remove_stale_dirs", "LOCK_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,38 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+#: a temp file untouched this long (seconds) is a killed writer's: a live one writes, so its mtime moves
+STALE_TEMP_AGE_S = 3600.0
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, *, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the temp files of :func:`atomic_file` in ``folder`` not modified for ``min_age_s`` seconds.
+
+    Only names of that form (``.{name}.XXXX.tmp``, plain files) are looked at; a missing folder is no
+    error. Returns the files removed (each also logged).
+    """
+    import time
+
+    cutoff = time.time() - float(min_age_s)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file()):
+            continue
+        try:
+            if entry.stat().st_mtime >= cutoff:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:  # another cleaner (or the writer's rename) was first
+            continue
+        removed.append(Path(entry.path))
+        log.info("removed %s, left by an interrupted writer", entry.path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,19 @@ def test_atomic_write_goes_through_a_temp_file_in_the_same_folder(tmp_path, monk
         atomic_write_text(target, "half")
     assert target.read_text() == "new"  # the interrupted write left the old file
     assert sorted(p.name for p in target.parent.iterdir()) == ["summary.json"]
+
+
+def test_stale_temp_files_go_and_everything_else_stays(tmp_path):
+    from cellcls.atomic import remove_stale_temp_files
+
+    old = time.time() - 2 * 3600
+    names = {".summary.json.ab12.tmp": old, ".submission.csv.cd34.tmp": time.time(),  # stale / being written
+             "notes.tmp": old, ".hidden": old, "summary.json": old}  # not our temp names
+    for name, mtime in names.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    (tmp_path / ".dir.ef56.tmp").mkdir()  # a folder, never a temp file
+    removed = remove_stale_temp_files(tmp_path)
+    assert removed == [tmp_path / ".summary.json.ab12.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {".summary.json.ab12.tmp"} | {".dir.ef56.tmp"})
+    assert remove_stale_temp_files(tmp_path / "missing") == []

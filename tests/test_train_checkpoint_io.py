@@ -57,3 +57,19 @@ def test_failed_checkpoint_write_keeps_the_previous_file(checkpoint_io, tmp_path
         checkpoint_io.save_checkpoint({"global_step": 2, "bad": lambda: None}, target)  # cannot be pickled
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_first_save_removes_the_temp_file_a_killed_save_left_and_keeps_a_fresh_one(checkpoint_io, tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    stale = folder / ".last.ckpt.k1ll3d.tmp"  # what atomic_file leaves when the process dies mid-save
+    fresh = folder / ".best.ckpt.l1v3.tmp"  # another writer's, still being written
+    for path in (stale, fresh):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    checkpoint_io.save_checkpoint({"global_step": 1}, folder / "last.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == [".best.ckpt.l1v3.tmp", "last.ckpt"]

@@ -25,6 +25,7 @@ renames it (:func:`os.replace`), so a checkpoint file is always the old one or t
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -34,7 +35,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cellcls.atomic import atomic_file
+from cellcls.atomic import atomic_file, remove_stale_temp_files
 
 __all__ = ["LatestCheckpoint", "RngState", "SameFolderCheckpointIO"]
 
@@ -102,12 +103,21 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes go to a temp file in the checkpoint's folder, then ``os.replace``.
 
     Remote paths (``s3://`` ...) keep Lightning's writer. Installed by :class:`train.cli.TrainCLI`
-    in place of the default ``TorchCheckpointIO``.
+    in place of the default ``TorchCheckpointIO``. Before its first write to a folder it removes the
+    temp files a killed save left there (:func:`cellcls.atomic.remove_stale_temp_files`: an hour old).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[str] = set()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in self._swept:
+            remove_stale_temp_files(folder)
+            self._swept.add(folder)
         with atomic_file(path) as handle:
             torch.save(checkpoint, handle)

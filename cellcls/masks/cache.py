@@ -62,7 +62,6 @@ import logging
 import lzma
 import os
 import sys
-import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -73,11 +72,11 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 import numpy as np
 
 from cellcls import __version__ as CELLCLS_VERSION
+from cellcls.atomic import remove_stale_temp_files
 from cellcls.errors import CacheError
 
 from ._files import (
     ID_PATTERN,
-    TEMP_SUFFIX,
     UINT16_MAX,
     as_label_map,
     atomic_write,
@@ -123,8 +122,6 @@ _MANIFEST_KINDS = {**{column: "int" for column in _INT_COLUMNS}, "scale": "numbe
 _DATA_SUFFIX = ".npz"
 _SIDECAR_SUFFIX = ".json"
 _MANIFEST_NAME = "manifest.csv"
-# A temp file older than this belongs to a writer that was killed, not to one still running.
-_STALE_TEMP_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -467,7 +464,7 @@ class MaskCache:
         temporary files left more than an hour ago by killed writers.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temp_files()
+        remove_stale_temp_files(self.root)  # left by killed writers (an hour untouched)
         frame = self.manifest()
         atomic_write(self.manifest_path, frame.to_csv(index=False).encode("utf-8"))
         return self.manifest_path
@@ -606,18 +603,6 @@ class MaskCache:
             log.warning("ignoring %s: an 'ok' row lacks a value; reading the sidecars", self.manifest_path)
             return None
         return frame
-
-    def _remove_stale_temp_files(self) -> None:
-        cutoff = time.time() - _STALE_TEMP_AGE_S
-        for entry in os.scandir(self.root):
-            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
-                try:
-                    if entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                        log.info("removed %s, left by an interrupted writer", entry.path)
-                except FileNotFoundError:
-                    pass
-
 
 # --------------------------------------------------------------------- helpers
 def _manifest_frame(frame: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
