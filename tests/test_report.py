@@ -68,6 +68,14 @@ def test_nice_ticks_are_round_and_cover_the_range():
     assert nice_ticks(0.5, 0.5).size >= 2  # a flat range still gets an axis
 
 
+def test_tick_labels_are_short_and_never_in_exponent_form_for_large_values():
+    from cellcls.report.draw import tick_text
+
+    assert [tick_text(v) for v in (0, 0.25, 1234, 10_000, 25_000, 1.5e6, 2e9)] == \
+        ["0", "0.25", "1234", "10k", "25k", "1.5M", "2G"]
+    assert tick_text(-20_000) == "-20k" and tick_text(2e-4) == "2.0e-04"
+
+
 def test_bar_chart_draws_one_bar_per_value_and_marks_nan():
     img = bar_chart(["a", "b", "c"], {"one": [0.5, 1.0, np.nan], "two": [0.25, np.nan, np.nan]}, width=400)
     assert img.dtype == np.uint8 and img.shape[1] == 400 and img.shape[2] == 3

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ParameterError
 
-__all__ = ["PALETTE", "nice_ticks", "bar_chart", "line_chart", "text_width"]
+__all__ = ["PALETTE", "nice_ticks", "tick_text", "bar_chart", "line_chart", "text_width"]
 
 Colour = tuple[int, int, int]
 
@@ -71,8 +71,13 @@ def nice_ticks(low: float, high: float, *, count: int = 5) -> np.ndarray:
     return np.round(first + step * np.arange(n), 10)
 
 
-def _tick_text(value: float) -> str:
-    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+def tick_text(value: float) -> str:
+    """An axis label: ``0.25``, ``1234``, ``10k``, ``2.5M`` (no exponent form above 1e-3)."""
+    size = abs(value)
+    if size >= 1e4:
+        divisor, suffix = next((d, s) for d, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if size >= d)
+        return f"{value / divisor:.4g}{suffix}"
+    return f"{value:.4g}" if size >= 1e-3 or value == 0 else f"{value:.1e}"
 
 
 def _legend(img: np.ndarray, names: Sequence[str], x0: int, y: int, width: int) -> int:
@@ -146,7 +151,7 @@ def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float]], 
     for t in ticks:
         x = left + int(round(t / top * plot_w))
         cv2.line(img, (x, body_top), (x, body_top + len(categories) * group_h), _GRID, 1)
-        _text(img, _tick_text(t), x, body_top + len(categories) * group_h + 16, scale=_SMALL, colour=_SOFT,
+        _text(img, tick_text(t), x, body_top + len(categories) * group_h + 16, scale=_SMALL, colour=_SOFT,
               align="center")
     if value_label:
         _text(img, value_label, left + plot_w // 2, height - 6, scale=_SMALL, colour=_SOFT, align="center")
@@ -217,11 +222,11 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     for t in y_ticks:
         v = int(px(np.array([x_lo]), np.array([t]))[0, 1])
         cv2.line(img, (x0, v), (x1, v), _GRID, 1)
-        _text(img, _tick_text(t), x0 - 6, v + 4, scale=_SMALL, colour=_SOFT, align="right")
+        _text(img, tick_text(t), x0 - 6, v + 4, scale=_SMALL, colour=_SOFT, align="right")
     for t in x_ticks:
         u = int(px(np.array([t]), np.array([y_lo]))[0, 0])
         cv2.line(img, (u, y1), (u, y1 + 4), _INK, 1)
-        _text(img, _tick_text(t), u, y1 + 18, scale=_SMALL, colour=_SOFT, align="center")
+        _text(img, tick_text(t), u, y1 + 18, scale=_SMALL, colour=_SOFT, align="center")
     cv2.rectangle(img, (x0, y0), (x1, y1), _INK, 1)
     for k, name in enumerate(names):
         points = px(*clean[name])
