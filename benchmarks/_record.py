@@ -309,13 +309,25 @@ def render_record(result: Result, *, plot: str | None = None, plot_note: str | N
     return "\n".join(parts) + "\n"
 
 
-def render_section(records: Mapping[str, str], *, command: str, when: datetime.datetime) -> str:
-    """The whole generated section, markers included: a header, then ``records`` sorted by name."""
+_FULL_RUN = "Last full run: "
+_FULL_RUN_RE = re.compile(r"^Last (?:full )?run: (`[^`]*`, [^\n]*UTC\.)$", re.MULTILINE)
+
+
+def render_section(records: Mapping[str, str], *, command: str, when: datetime.datetime,
+                   full_run: str | None = None) -> str:
+    """The whole generated section, markers included: a header, then ``records`` sorted by name.
+
+    ``full_run`` given (the ```command`, date UTC.`` text of the last run of every benchmark): this
+    run (``command`` at ``when``) replaced only some records, and the header says both.
+    """
+    stamp = f"`{command}`, {when:%Y-%m-%d %H:%M} UTC."
+    runs = [_FULL_RUN + stamp] if full_run is None else [
+        _FULL_RUN + full_run, f"Since then: {stamp[:-1]} (only the records it names; each record has its own date)."]
     head = [BEGIN, "## Recorded by `make bench`", "",
             "Written by `benchmarks/run_all.py` (`make bench`, `make bench-quick`): do not edit between the\n"
             "`make-bench` markers, the next run rewrites this section; the hand-written sections above are never\n"
             "touched. A run with `--only` replaces only its benchmarks' records. Plots: `benchmarks/plots/`.", "",
-            f"Last run: `{command}`, {when:%Y-%m-%d %H:%M} UTC.", ""]
+            *runs, ""]
     body = [records[name].rstrip("\n") + "\n" for name in sorted(records)]
     return "\n".join(head) + "\n" + "\n".join(body) + ("\n" if body else "") + END + "\n"
 
@@ -358,7 +370,9 @@ def rewrite_readme(path: Path, records: Mapping[str, str], *, keep_others: bool,
     before, section, after = _split(text)
     merged = dict(read_records(text)) if keep_others else {}
     merged.update(records)
-    new = render_section(merged, command=command, when=when)
+    found = _FULL_RUN_RE.search(section or "") if keep_others else None
+    full = found.group(1) if found and "--only" not in found.group(1) else None  # older headers named any run
+    new = render_section(merged, command=command, when=when, full_run=full)
     if section is None:
         before = before + ("" if not before or before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n")
     result = before + new + after

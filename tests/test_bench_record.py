@@ -143,6 +143,29 @@ def test_only_keeps_the_other_records(tmp_path, scripts):
     assert all("| 64 | 3 |" in r for r in full.values())
 
 
+def test_header_keeps_the_last_full_run_after_an_only_run(tmp_path, scripts):
+    _table_script(scripts, "bench_alpha")
+    _table_script(scripts, "bench_beta")
+    readme = tmp_path / "README.md"
+    readme.write_text("# B\n", encoding="utf-8")
+
+    def header() -> list[str]:
+        lines = _section(readme.read_text(encoding="utf-8")).splitlines()
+        return [line for line in lines if line.startswith(("Last", "Since"))]
+
+    assert _run(tmp_path, "--value", "1") == 0
+    (full,) = header()
+    assert full.startswith("Last full run: `python ") and "--value 1" in full and "--only" not in full
+    assert _run(tmp_path, "--only", "alpha", "--value", "2") == 0
+    kept, since = header()
+    assert kept == full and since.startswith("Since then: `") and "--only alpha" in since
+    assert _run(tmp_path, "--only", "beta") == 0  # a second partial run still names the same full run
+    assert header()[0] == full and "--only beta" in header()[1]
+    assert _run(tmp_path, "--value", "3") == 0
+    (again,) = header()
+    assert "--value 3" in again
+
+
 def test_a_failing_script_is_recorded_and_the_others_still_run(tmp_path, scripts):
     _script(scripts, "bench_broken", """\
         import sys
