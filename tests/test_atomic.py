@@ -15,44 +15,21 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from cellcls import rle
-from cellcls.submission import SampleRow, SubmissionWriter
+from cellcls.submission import SubmissionWriter
+from test_submission import label_map, scores_for, write_sample
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="locks and SIGKILL are POSIX")
-
-SAMPLE = [SampleRow("img_a", 8, 6), SampleRow("img_b", 5, 5), SampleRow("img_c", 9, 7)]
-
-
-def _write_sample(path: Path) -> Path:
-    lines = ["ID,ImageWidth,ImageHeight,PredictionString"]
-    lines += [f"{r.id},{r.width},{r.height},0 1 {rle.EMPTY_MASK_FULL_FRAME}" for r in SAMPLE]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _labels(height: int, width: int, n: int) -> np.ndarray:
-    labels = np.zeros((height, width), np.uint16)
-    for k in range(1, n + 1):
-        labels[(k - 1) * 2:(k - 1) * 2 + 2, : width // 2 + k % 2] = k
-    return labels
-
-
-def _scores(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 1, (n, 19))
-
 
 # The child spills img_c (not next in sample order), then holds or dies, as told.
 _CHILD = textwrap.dedent("""
     import os, signal, sys
-    import numpy as np
     sys.path.insert(0, {tests!r})
-    from test_atomic import _labels, _scores
+    from test_submission import label_map, scores_for
     from cellcls.submission import SubmissionWriter
     writer = SubmissionWriter({out!r}, {sample!r})
-    writer.add("img_c", _labels(7, 9, 3), _scores(3, 9))
+    writer.add("img_c", label_map(7, 9, 3), scores_for(3, 9))
     if {die!r}:
         os.kill(os.getpid(), signal.SIGKILL)
     print("ready", flush=True)
@@ -73,13 +50,13 @@ def _spills(folder: Path, name: str) -> list[Path]:
 
 def _full_run(out: Path, sample: Path) -> str:
     with SubmissionWriter(out, sample) as writer:
-        writer.add("img_b", _labels(5, 5, 1), _scores(1, 2))  # spilled
-        writer.add("img_a", _labels(6, 8, 2), _scores(2, 1))
+        writer.add("img_b", label_map(5, 5, 1), scores_for(1, 2))  # spilled
+        writer.add("img_a", label_map(6, 8, 2), scores_for(2, 1))
     return out.read_text()
 
 
 def test_spill_folder_of_a_killed_writer_is_removed_by_the_next_writer(tmp_path):
-    sample = _write_sample(tmp_path / "sample.csv")
+    sample = write_sample(tmp_path / "sample.csv")
     out = tmp_path / "run" / "submission.csv"
     child = _child(out, sample, die=True)
     child.communicate(timeout=120)
@@ -96,7 +73,7 @@ def test_spill_folder_of_a_killed_writer_is_removed_by_the_next_writer(tmp_path)
 def test_spill_folder_of_a_live_writer_is_kept_and_its_run_completes(tmp_path):
     from cellcls.atomic import remove_stale_dirs
 
-    sample = _write_sample(tmp_path / "sample.csv")
+    sample = write_sample(tmp_path / "sample.csv")
     out = tmp_path / "submission.csv"
     child = _child(out, sample, die=False)
     try:
