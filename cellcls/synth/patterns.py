@@ -26,7 +26,7 @@ from ..classes import NUM_CLASSES
 from .draw import blur, gaussian_blob, polylines, spots, walks
 from .geometry import smooth_noise
 
-__all__ = ["CellContext", "PatternFn", "PATTERNS", "NUCLEAR_CLASSES", "pattern"]
+__all__ = ["CellContext", "PatternFn", "PATTERNS", "NUCLEAR_CLASSES", "pattern", "register_pattern", "as_float"]
 
 #: Classes whose protein sits in the nucleus (lost when the nuclear envelope breaks down in mitosis).
 NUCLEAR_CLASSES = frozenset({0, 1, 2, 3, 4, 5})
@@ -108,20 +108,30 @@ PatternFn = Callable[[CellContext, np.random.Generator], np.ndarray]
 PATTERNS: dict[int, PatternFn] = {}
 
 
-def pattern(class_id: int) -> Callable[[PatternFn], PatternFn]:
-    """Register the drawing function of class ``class_id``."""
+def register_pattern(table: dict[int, PatternFn], class_id: int, *,
+                     what: str = "pattern") -> Callable[[PatternFn], PatternFn]:
+    """Decorator putting a drawing function into ``table`` under ``class_id``; a second one is an error."""
 
     def wrap(fn: PatternFn) -> PatternFn:
-        if class_id in PATTERNS:
-            raise ValueError(f"pattern for class {class_id} registered twice")
-        PATTERNS[class_id] = fn
+        if class_id in table:
+            raise ValueError(f"{what} for class {class_id} registered twice")
+        table[class_id] = fn
         return fn
 
     return wrap
 
 
-def _f(mask: np.ndarray) -> np.ndarray:
+def pattern(class_id: int) -> Callable[[PatternFn], PatternFn]:
+    """Register the drawing function of class ``class_id``."""
+    return register_pattern(PATTERNS, class_id)
+
+
+def as_float(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as float32 0/1 (what the drawing functions multiply)."""
     return mask.astype(np.float32)
+
+
+_f = as_float
 
 
 def _nucleoplasm(ctx: CellContext, rng: np.random.Generator) -> np.ndarray:

@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 
 from ..classes import NUM_CLASSES
 from .draw import blur, gaussian_blob, polylines, spots, walks
-from .patterns import CellContext, PatternFn
+from .patterns import CellContext, PatternFn, as_float, register_pattern
 
 __all__ = ["ALT_PATTERNS"]
 
@@ -38,17 +38,10 @@ ALT_PATTERNS: dict[int, PatternFn] = {}
 
 
 def _alt(class_id: int) -> Callable[[PatternFn], PatternFn]:
-    def wrap(fn: PatternFn) -> PatternFn:
-        if class_id in ALT_PATTERNS:
-            raise ValueError(f"alt pattern for class {class_id} registered twice")
-        ALT_PATTERNS[class_id] = fn
-        return fn
-
-    return wrap
+    return register_pattern(ALT_PATTERNS, class_id, what="alt pattern")
 
 
-def _f(mask: np.ndarray) -> np.ndarray:
-    return mask.astype(np.float32)
+_f = as_float
 
 
 def _fill(ctx: CellContext, rng: np.random.Generator, corr_full_px: float, amount: float) -> np.ndarray:
