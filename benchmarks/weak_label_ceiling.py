@@ -23,7 +23,6 @@ Nothing here is used by the demo: it explains its score. Takes about the demo's 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -100,19 +99,14 @@ def _subset_map(scores_path: Path, demo: Path, ids: set[str], name: str, out: Pa
     from cellcls.masks import MaskCache
     from cellcls.metric import evaluate, read_solution
     from cellcls.scores import iter_image_scores, read_scores
-    from cellcls.submission import SubmissionWriter, read_sample_submission
+    from cellcls.submission import SampleRow, SubmissionWriter
 
     reader = MaskCache(demo / "masks" / "train").reader()
     per = [p for p in iter_image_scores(read_scores(scores_path)) if p[0] in ids]
     entries = {image_id: reader.read(image_id) for image_id, *_ in per}
-    sample = out / f"sample_{name}.csv"
-    with open(sample, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["ID", "ImageWidth", "ImageHeight", "PredictionString"])
-        for image_id, entry in entries.items():
-            writer.writerow([image_id, entry.original_shape[1], entry.original_shape[0], ""])
+    sample = [SampleRow(image_id, e.original_shape[1], e.original_shape[0]) for image_id, e in entries.items()]
     submission = out / f"submission_{name}.csv"
-    with SubmissionWriter(submission, read_sample_submission(sample)) as writer:
+    with SubmissionWriter(submission, sample) as writer:
         for image_id, cell_ids, scores, mask_key in per:
             writer.add(image_id, entries[image_id].cells, scores, cell_ids=cell_ids, mask_key=mask_key,
                        expected_mask_key=entries[image_id].mask_key)
