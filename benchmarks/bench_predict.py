@@ -175,7 +175,7 @@ def _map(spec, cells: dict, images: dict, masks: Path, solution: Path) -> float:
     import pandas as pd
 
     from cellcls.masks import MaskCache
-    from cellcls.masks.table import cell_table
+    from cellcls.masks.table import entry_cell_table
     from cellcls.metric import evaluate
     from cellcls.submission import SampleRow, SubmissionWriter
     from infer.blend import blend
@@ -188,8 +188,7 @@ def _map(spec, cells: dict, images: dict, masks: Path, solution: Path) -> float:
         with SubmissionWriter(sub, sample) as writer:
             for image_id, (cell_ids, cell) in cells.items():
                 entry = reader.read(image_id)
-                table = cell_table(entry.cells, entry.nuclei, image_id=image_id, original_shape=entry.original_shape,
-                                   mask_key=entry.mask_key).set_index("cell_id").loc[cell_ids].reset_index()
+                table = entry_cell_table(entry).set_index("cell_id").loc[cell_ids].reset_index()
                 image = images[image_id][1][0] if images else cell.mean(axis=0)
                 blended = blend(cell, image, table, spec=spec)
                 writer.add(image_id, entry.cells, dict(zip(cell_ids.tolist(), blended)))

@@ -42,12 +42,11 @@ def _tables(cell_scores: Path, image_scores: Path) -> dict[str, tuple[Any, Any, 
 
 def _cell_rows(entry: Any, image_id: str, cell_ids: Any, *, edges: bool) -> Any:
     """The cell-table rows of ``cell_ids`` (in that order), with the nucleus-edge columns if asked."""
-    from cellcls.masks.table import cell_table
+    from cellcls.masks.table import entry_cell_table
 
     from .blend import nucleus_edge_pixels
 
-    rows = cell_table(entry.cells, entry.nuclei, image_id=image_id, original_shape=entry.original_shape,
-                      mask_key=entry.mask_key)
+    rows = entry_cell_table(entry)
     if edges:
         rows = rows.assign(**nucleus_edge_pixels(entry.nuclei, rows, original_shape=entry.original_shape,
                                                  image_id=image_id))

@@ -145,12 +145,11 @@ def embed_cells(checkpoint: ArcFaceCheckpoint, image: np.ndarray, entry: Any, *,
     import torch
 
     from cellcls.crops import crop_cells
-    from cellcls.masks.table import cell_table
+    from cellcls.masks.table import entry_cell_table
     from cellcls.normalize import to_model_input
 
     meta = checkpoint.meta
-    rows = cell_table(entry.cells, entry.nuclei, image_id=image_id, original_shape=entry.original_shape,
-                      mask_key=entry.mask_key)
+    rows = entry_cell_table(entry)
     out = np.zeros((len(rows), checkpoint.embedding_dim), dtype=np.float32)
     if not len(rows):
         return out

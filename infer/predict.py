@@ -75,7 +75,7 @@ def _prepare(image_id: str, images_dir: Path, reader, models: Sequence[ScoringMo
              needs_edges: bool) -> _Prepared:
     from cellcls.crops import crop_cells
     from cellcls.io import read_image
-    from cellcls.masks.table import cell_table
+    from cellcls.masks.table import entry_cell_table
     from cellcls.normalize import image_to_model_input
 
     timings = dict.fromkeys(STAGES, 0.0)
@@ -89,8 +89,7 @@ def _prepare(image_id: str, images_dir: Path, reader, models: Sequence[ScoringMo
     if sample_shape is not None and tuple(sample_shape) != tuple(entry.original_shape):
         raise _Skip(f"the sample says {tuple(sample_shape)} but the mask entry was made from a "
                     f"{tuple(entry.original_shape)} image")
-    rows = cell_table(entry.cells, entry.nuclei, image_id=image_id, original_shape=entry.original_shape,
-                      mask_key=entry.mask_key)
+    rows = entry_cell_table(entry)
     if not len(rows):
         raise _Skip("no cells in its mask-cache entry")
     try:

@@ -376,7 +376,7 @@ class HpaDataModule(pl.LightningDataModule):
         from cellcls.crops import crop_cells
         from cellcls.io import read_image
         from cellcls.masks.cache import MaskCache
-        from cellcls.masks.table import cell_table
+        from cellcls.masks.table import entry_cell_table
 
         hp = self.hparams
         cache = MaskCache(hp.masks).reader()  # one parameter set, or a CacheError saying which ones mix
@@ -384,8 +384,7 @@ class HpaDataModule(pl.LightningDataModule):
         for image_id in tqdm(ids, desc="cutting cells", unit="img", disable=not hp.progress or not ids):
             entry = cache.read(image_id)  # CacheError naming the ID when the entry is missing
             entries[image_id] = entry
-            rows = cell_table(entry.cells, entry.nuclei, image_id=image_id, original_shape=entry.original_shape,
-                              mask_key=entry.mask_key)
+            rows = entry_cell_table(entry)
             if not len(rows):
                 continue
             image = read_image(hp.images, image_id)

@@ -42,6 +42,8 @@ from cellcls.rle import nearest_source_index
 if TYPE_CHECKING:  # pandas is imported where a frame is built
     import pandas as pd
 
+    from cellcls.masks.cache import CacheEntry
+
 __all__ = [
     "CELL_TABLE_COLUMNS",
     "CELL_TABLE_DTYPES",
@@ -49,6 +51,7 @@ __all__ = [
     "check_label_geometry",
     "cell_measures",
     "cell_table",
+    "entry_cell_table",
     "empty_cell_table",
     "cache_cell_table",
     "write_cell_table",
@@ -278,6 +281,12 @@ def cell_table(cells: np.ndarray, nuclei: np.ndarray, *, image_id: str, original
     return _frame(columns, n)
 
 
+def entry_cell_table(entry: "CacheEntry") -> "pd.DataFrame":
+    """:func:`cell_table` of one mask-cache entry (its maps, ID, original size and ``mask_key``)."""
+    return cell_table(entry.cells, entry.nuclei, image_id=entry.image_id, original_shape=entry.original_shape,
+                      mask_key=entry.mask_key)
+
+
 # ----------------------------------------------------------------------------- whole cache
 def cache_cell_table(cache_or_dir: "object | str | PathLike[str]", *, ids: Iterable[str] | None = None,
                      progress: bool = True) -> "pd.DataFrame":
@@ -318,8 +327,7 @@ def cache_cell_table(cache_or_dir: "object | str | PathLike[str]", *, ids: Itera
     frames = []
     for image_id in tqdm(wanted, desc="cell table", unit="img", disable=not progress, file=sys.stderr):
         entry = reader.read(image_id)
-        frames.append(cell_table(entry.cells, entry.nuclei, image_id=image_id,
-                                 original_shape=entry.original_shape, mask_key=entry.mask_key))
+        frames.append(entry_cell_table(entry))
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty_cell_table()
