@@ -140,17 +140,15 @@ def val_curve(run: Path) -> list[float]:
     return [float(v) for v in frame.dropna(subset=["val/cell_map"]).sort_values("epoch")["val/cell_map"]]
 
 
-def train_on_truth(demo: Path, labels_path: Path, out: Path, epochs: int, crop_px: int, seed: int) -> None:
+def train_on_truth(demo: Path, recorded: dict, labels_path: Path, out: Path, epochs: int) -> None:
+    """The demo's cell-model training command (:func:`infer.demo.train_argv`, the demo's ``recorded``
+    options) with ``--cell-labels``."""
     from cellcls.cli import main as cellcls_main
+    from infer.demo import DemoData, DemoOptions, config_path, train_argv
 
-    world = demo / "world"
-    config = Path(__file__).resolve().parents[1] / "configs" / "demo_recipe_cell.yaml"
-    argv = ["train", "--config", config, "--out", out, "--data.images", world / "train",
-            "--data.labels", world / "train.csv", "--data.folds", demo / "folds.csv", "--data.stats",
-            demo / "stats.json", "--max-epochs", epochs, "--data.progress", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--seed_everything", seed, "--data.masks", demo / "masks" / "train", "--data.crop_size", crop_px,
-            "--data.solution", world / "solution_train.csv", "--cell-labels", labels_path]
+    options = DemoOptions(**{**recorded, "out": demo, "data": None})
+    argv = train_argv(config_path("demo_recipe_cell.yaml"), out, DemoData.of(demo / "world"), demo / "masks" / "train",
+                      options, epochs=epochs, extra=["--cell-labels", labels_path])
     code = cellcls_main([str(a) for a in argv])
     if code != 0:
         raise CellclsError(f"the truth-label training run failed (exit {code}); see its messages above")
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise SystemExit(f"{demo} is not a finished demo folder on a synthetic world: missing {', '.join(missing)}")
-    options = json.loads((demo / "summary.json").read_text()).get("options", {})
+    summary = json.loads((demo / "summary.json").read_text())
     from cellcls.scores import write_scores
 
     table, image_labels = truth_cell_labels(demo)
@@ -204,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = {"broadcast (demo runs/cell)": val_curve(demo / "runs" / "cell"),
               "pseudo round (demo runs/cell_pseudo)": val_curve(demo / "runs" / "cell_pseudo")}
     if not args.no_train:
-        epochs = args.epochs or int(options.get("cell_epochs", 6))
-        train_on_truth(demo, labels_path, out / "truth_run", epochs, int(options.get("crop_px", 48)),
-                       int(options.get("seed", 0)))
+        options = summary.get("options", {})
+        train_on_truth(demo, options, labels_path, out / "truth_run", args.epochs or int(options.get("cell_epochs", 6)))
         curves["cell truth (this script)"] = val_curve(out / "truth_run")
         test = test_map(demo, out / "truth_run" / "checkpoints" / "last.ckpt", out)
-        summary = json.loads((demo / "summary.json").read_text())
         print(f"\ntest mAP@0.6, cell only: trained on cell truth {test:.3f}; the demo (weak labels"
               f"{' + pseudo round' if summary.get('pseudo') else ''}) {summary.get('map_cell') or float('nan'):.3f}")
     print("\n3. validation cell mAP@0.6 per epoch (fold-0 images, same recipe)")

@@ -35,7 +35,7 @@ from cellcls.errors import CellclsError
 from .demo_blend import BLEND_CANDIDATES, REPORT_BLENDS, choose_blend_on_validation, score_blends
 from .pseudo import write_pseudo_labels
 
-__all__ = ["DemoOptions", "DemoRun", "run_demo", "format_summary", "choose_blend_on_validation",
+__all__ = ["DemoOptions", "DemoRun", "DemoData", "train_argv", "run_demo", "format_summary", "choose_blend_on_validation",
            "config_path", "report_argv", "DEFAULT_BLEND", "BLEND_CANDIDATES",
            "SUMMARY_KEYS"]
 
@@ -136,7 +136,9 @@ def _cellcls(argv: Sequence[str], *, ok_codes: tuple[int, ...] = (0,)) -> int:
 
 # ----------------------------------------------------------------------------- layout of the data
 @dataclass(frozen=True)
-class _Data:
+class DemoData:
+    """The paths of a Kaggle-layout data folder (:meth:`of` checks the required ones exist)."""
+
     root: Path
     train: Path
     test: Path
@@ -147,7 +149,7 @@ class _Data:
     truth: Path | None
 
     @classmethod
-    def of(cls, root: Path) -> "_Data":
+    def of(cls, root: Path) -> "DemoData":
         root = Path(root)
         need = [root / "train", root / "test", root / "train.csv", root / "sample_submission.csv"]
         missing = [str(p) for p in need if not p.exists()]
@@ -259,12 +261,13 @@ def _image_macro_f1(scores_path: Path, checkpoint: Path, truth: Path | None) -> 
 
 
 # ----------------------------------------------------------------------------- the run
-def _stage_count(options: DemoOptions, data: _Data) -> int:
+def _stage_count(options: DemoOptions, data: DemoData) -> int:
     return 9 + (options.data is None) + bool(options.pseudo) + (data.solution is not None)
 
 
-def _train_args(config: Path, out: Path, data: _Data, masks: Path, options: DemoOptions, *, epochs: int,
-                extra: Sequence[str] = ()) -> list[str]:
+def train_argv(config: Path, out: Path, data: DemoData, masks: Path | None, options: DemoOptions, *, epochs: int,
+               extra: Sequence[str] = ()) -> list[str]:
+    """The ``cellcls train`` arguments of one demo model (``masks`` given: a cell model on its crops)."""
     argv = ["train", "--config", config, "--out", out, "--data.images", data.train, "--data.labels", data.labels,
             "--data.folds", options.out / "folds.csv", "--data.stats", options.out / "stats.json",
             "--max-epochs", epochs, "--data.progress", "false", "--trainer.enable_progress_bar",
@@ -312,10 +315,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     quiet = [] if options.progress else ["--no-progress"]
     if options.data is None:
         world = out / "world"
-        planned = _Data(world, world / "train", world / "test", world / "train.csv", world / "sample_submission.csv",
+        planned = DemoData(world, world / "train", world / "test", world / "train.csv", world / "sample_submission.csv",
                         world / "solution.csv", world / "solution_train.csv", world / "truth")
     else:
-        planned = _Data.of(options.data)
+        planned = DemoData.of(options.data)
     run = DemoRun(options, _stage_count(options, planned))
     fig = run.figures
     fig["data"] = str(planned.root)
@@ -324,7 +327,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         with run.stage("world", "synthetic HPA-like world with per-cell truth"):
             _cellcls(["synth", "--out", world, "--train", options.n_train, "--test", options.n_test,
                       "--size", options.size_px, "--seed", options.seed, *quiet])
-    data = _Data.of(planned.root)
+    data = DemoData.of(planned.root)
 
     with run.stage("folds", "multilabel stratified folds (proteins kept within a fold)"):
         group = ["--group-col", "group"] if _has_group(data.labels) else []
@@ -361,9 +364,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     runs = out / "runs"
     with run.stage("train", f"cell model ({options.cell_epochs} epochs) and image model "
                             f"({options.image_epochs} epochs), validated on fold 0"):
-        _cellcls(_train_args(config_path("demo_recipe_cell.yaml"), runs / "cell", data, masks_train, options,
+        _cellcls(train_argv(config_path("demo_recipe_cell.yaml"), runs / "cell", data, masks_train, options,
                              epochs=options.cell_epochs))
-        _cellcls(_train_args(config_path("demo_recipe_image.yaml"), runs / "image", data, None, options,
+        _cellcls(train_argv(config_path("demo_recipe_image.yaml"), runs / "image", data, None, options,
                              epochs=options.image_epochs, extra=["--data.image_size", options.image_px]))
     cell_ckpt = runs / "cell" / "checkpoints" / "last.ckpt"
     image_ckpt = runs / "image" / "checkpoints" / "last.ckpt"
@@ -401,7 +404,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             n = write_pseudo_labels(raw, data.labels, soft)
             print(f"soft labels of {n} train cells (cell scores kept on their image's labels) -> {soft}")
             # fine-tuned from the first model rather than trained anew: a third of the time for the same gain
-            _cellcls(_train_args(config_path("demo_recipe_cell.yaml"), runs / "cell_pseudo", data, masks_train, options,
+            _cellcls(train_argv(config_path("demo_recipe_cell.yaml"), runs / "cell_pseudo", data, masks_train, options,
                                  epochs=options.pseudo_epochs,
                                  extra=["--cell-labels", soft, "--model.pretrained_file", cell_ckpt,
                                         "--model.lr", PSEUDO_LR, "--model.warmup_epochs", 0]))
