@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,8 @@ LAYOUT_FIXTURES = {
 
 
 @pytest.fixture(scope="module")
-def layout_files(tmp_path_factory) -> dict[str, Path]:
-    """The two fixtures decompressed (557 MB each) by streaming, once per module."""
+def layout_files(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """The two fixtures decompressed (557 MB each) by streaming, once per module, removed after it."""
     folder = tmp_path_factory.mktemp("hpa_weights")
     paths = {}
     for container, source in LAYOUT_FIXTURES.items():
@@ -47,7 +48,8 @@ def layout_files(tmp_path_factory) -> dict[str, Path]:
         with lzma.open(source, "rb") as packed, open(target, "wb") as raw:
             shutil.copyfileobj(packed, raw, length=16 << 20)
         paths[container] = target
-    return paths
+    yield paths
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
