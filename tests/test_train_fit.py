@@ -231,6 +231,42 @@ def test_cell_task_broadcast_and_soft_labels(world, tmp_path):
         HpaDataModule(**common, cell_labels=str(path)).setup("fit")
 
 
+def test_dark_negative_teaches_cells_without_green_signal_negative(world, tmp_path):
+    """In this world only class 2 lights the green channel: with dark_negative, the other cells of an
+    image that has a class-2 cell lose their image's labels to Negative; an image without any green
+    signal has nothing to compare with and keeps its broadcast labels."""
+    from cellcls.signal import dark_cell_targets
+    from train.data import HpaDataModule
+
+    common = dict(images=str(world["images"]), labels=str(world["labels"]), folds=str(world["folds"]),
+                  task="cell", masks=str(world["masks"]), crop_size=24, progress=False)
+    weak, dark = HpaDataModule(**common), HpaDataModule(**common, dark_negative=True)
+    weak.setup("fit")
+    dark.setup("fit")
+    from cellcls.io import read_image
+
+    cells = _cell_map()
+    green = {cell: read_image(world["images"], cell[0])[..., 1][cells == cell[1]].max() > 0 for cell in dark.train_cells}
+    green_images = {image_id for (image_id, _), lit in green.items() if lit}
+    seen = set()
+    for cell, broadcast, target in zip(dark.train_cells, weak.train_set.targets, dark.train_set.targets):
+        if cell[0] not in green_images:
+            np.testing.assert_array_equal(target, broadcast)
+            seen.add("no green")
+        elif green[cell]:
+            np.testing.assert_array_equal(target, broadcast)   # the bright cell: darkness 0
+            seen.add("bright")
+        else:
+            assert target[18] == 1.0 and target[:18].sum() == 0.0  # a dark cell of a green image
+            seen.add("dark")
+    assert seen == {"no green", "bright", "dark"}
+    np.testing.assert_array_equal(dark.val_set.targets, weak.val_set.targets)  # validation stays on image labels
+    assert dark.inference_metadata()["dark_negative"] is True
+    assert weak.inference_metadata()["dark_negative"] is False
+    darkness = np.array([dark.cell_darkness[c] for c in dark.train_cells])
+    np.testing.assert_array_equal(dark.train_set.targets, dark_cell_targets(weak.train_set.targets, darkness))
+
+
 @pytest.mark.slow
 def test_cell_task_fit_reports_cell_map_and_mask_key(world, tmp_path):
     from train.cli import build_cli, fit

@@ -222,6 +222,11 @@ class HpaDataModule(pl.LightningDataModule):
         Cell crops, box modes: margin around the cell's box, as a fraction of its sides.
     cell_labels : str, optional
         Cell task: soft per-cell labels (see :func:`read_cell_labels`); default: image labels broadcast.
+    dark_negative : bool
+        Cell task: fold each training cell's protein signal into its targets
+        (:func:`cellcls.signal.dark_cell_targets`): a cell whose green channel stays near background
+        gets Negative and loses its image's classes, in proportion to its darkness. Applies to broadcast
+        and soft labels alike; validation targets stay the image labels.
     solution : str, optional
         Cell task: ``solution_train.csv`` of a world with per-cell truth, for the validation cell mAP@0.6.
     group_col : str
@@ -253,6 +258,7 @@ class HpaDataModule(pl.LightningDataModule):
         crop_size: int = 128,
         crop_margin: float = 0.1,
         cell_labels: str | None = None,
+        dark_negative: bool = False,
         solution: str | None = None,
         group_col: str = "group",
         augment: str = "seed002",
@@ -277,6 +283,7 @@ class HpaDataModule(pl.LightningDataModule):
         self.val_targets: np.ndarray | None = None
         self.val_cells = None  # ValidationCells when a solution with per-cell truth is given
         self.train_cells: list[tuple[str, int]] = []  # cell task: (ID, cell_id) of each sample
+        self.cell_darkness: dict[tuple[str, int], float] = {}  # dark_negative: (ID, cell_id) -> darkness
         self.val_cell_index: list[tuple[str, int]] = []
         self.mask_key: str | None = None
         self.mask_params_hash: str | None = None
@@ -344,8 +351,13 @@ class HpaDataModule(pl.LightningDataModule):
         train_crops, train_cells, entries = self._cut(train_ids)
         val_crops, val_cells, val_entries = self._cut(val_ids)
         entries.update(val_entries)
-        self.train_set = CropDataset(train_crops, self._cell_targets(train_cells, image_targets, soft, entries),
-                                    fit_tf)
+        train_targets = self._cell_targets(train_cells, image_targets, soft, entries)
+        if hp.dark_negative:
+            from cellcls.signal import dark_cell_targets
+
+            darkness = np.array([self.cell_darkness[cell] for cell in train_cells], dtype=np.float32)
+            train_targets = dark_cell_targets(train_targets, darkness)
+        self.train_set = CropDataset(train_crops, train_targets, fit_tf)
         # Validation targets are the image labels broadcast: the only truth a real training set has.
         self.val_set = CropDataset(val_crops, self._cell_targets(val_cells, image_targets, None), val_tf)
         self.train_rate = self.train_set.targets.mean(axis=0)
@@ -395,6 +407,11 @@ class HpaDataModule(pl.LightningDataModule):
             crops.append(crop_cells(image, entry.cells, rows, mode=hp.crop_mode, size=hp.crop_size,
                                     margin=hp.crop_margin, image_id=image_id))
             cells.extend((image_id, int(c)) for c in rows["cell_id"])
+            if hp.dark_negative:
+                from cellcls.signal import entry_cell_darkness
+
+                darkness = entry_cell_darkness(image, entry, rows["cell_id"].tolist())
+                self.cell_darkness.update(zip(cells[-len(rows):], darkness.tolist()))
         if not crops:
             raise CellclsError(f"no cells found in the mask cache {hp.masks} for {len(ids)} images")
         return np.concatenate(crops), cells, entries
@@ -475,6 +492,7 @@ class HpaDataModule(pl.LightningDataModule):
             "mask_key": self.mask_key,
             "mask_params_hash": self.mask_params_hash,
             "cell_labels": "soft" if hp.cell_labels else ("broadcast" if hp.task == "cell" else None),
+            "dark_negative": bool(hp.dark_negative) if hp.task == "cell" else None,
             "train_rate": None if self.train_rate is None else [float(v) for v in self.train_rate],
             **self.task_meta,
         }
