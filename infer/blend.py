@@ -21,8 +21,8 @@ fourth      4th place: w c_i + (1 - w) mean_j c_j over the OTHER cells j of the 
 product12   12th place: classes 0..17 = c m; Negative = max(c_18, m_18); then classes 0..17 x
             (1 - Negative).
 
-Modifiers (multiply all 19 scores of a cell by a factor in [0, 1])
-------------------------------------------------------------------
+Modifiers (area7 and border4 multiply all 19 scores of a cell by a factor in [0, 1])
+-----------------------------------------------------------------------------------
 area7       7th place: x min(1, area / t), t = ``border_px`` (80,000) for cells touching the image
             border and ``interior_px`` (32,000) otherwise. The thresholds are pixels at FULL HPA
             resolution; ``image_scale`` (required) is the linear size of this image's pixels grid
@@ -34,6 +34,10 @@ border4     4th place: x f(r_ud) f(r_lr), r = (side - n) / side, f(r) = 1 if r >
             width), ``n_lr`` the same on the left/right edges (side = box height). A cell cut by the
             image border has its cut nucleus on that edge. Columns ``nucleus_edge_ud_px`` and
             ``nucleus_edge_lr_px``, measured by :func:`nucleus_edge_pixels` from the nuclei map.
+dark        the protein signal: classes 0..17 x (1 - d), Negative = the mean of its score and d, where
+            d in [0, 1] is the cell's darkness, how little its green channel rises above background
+            against the image's bright cells (:mod:`cellcls.signal`). Column ``darkness``, measured by
+            :func:`cellcls.signal.entry_cell_darkness` from the image.
 
 Choosing a blend (:mod:`infer.blend_choice`): :func:`choose_blend` scores candidate specs on validation cells with known truth
 labels by :func:`per_cell_map`, the per-cell ranking part of the competition's mAP@0.6 (exact when
@@ -56,6 +60,7 @@ __all__ = [
     "BLEND_RULES",
     "BLEND_MODIFIERS",
     "EDGE_COLUMNS",
+    "DARKNESS_COLUMN",
     "BlendSpec",
     "blend",
     "border_factor",
@@ -75,6 +80,9 @@ BLEND_MODIFIERS: Registry[Modifier] = Registry("blend modifier")
 EDGE_COLUMNS: tuple[str, str] = ("nucleus_edge_ud_px", "nucleus_edge_lr_px")
 """Columns the ``border4`` modifier reads, made by :func:`nucleus_edge_pixels`."""
 
+DARKNESS_COLUMN = "darkness"
+"""Column the ``dark`` modifier reads, made by :func:`cellcls.signal.entry_cell_darkness`."""
+
 #: 7th place's area thresholds, pixels at full HPA resolution.
 AREA7_BORDER_PX = 80_000
 AREA7_INTERIOR_PX = 32_000
@@ -89,7 +97,8 @@ def _column(cells: CellRows | None, name: str, n: int, user: str) -> np.ndarray:
     try:
         values = np.asarray(cells[name])
     except (KeyError, IndexError):
-        extra = " (make them with infer.blend.nucleus_edge_pixels)" if name in EDGE_COLUMNS else ""
+        extra = {**dict.fromkeys(EDGE_COLUMNS, " (make them with infer.blend.nucleus_edge_pixels)"),
+                 DARKNESS_COLUMN: " (make it with cellcls.signal.entry_cell_darkness)"}.get(name, "")
         raise ParameterError(f"{user} needs column {name!r} in the cell rows{extra}") from None
     if values.shape != (n,):
         raise ParameterError(f"{user}: column {name!r} has shape {values.shape}, expected ({n},) (one per cell)")
@@ -190,6 +199,14 @@ def _border4(scores: np.ndarray, cells: CellRows | None) -> np.ndarray:
     width, height = np.maximum(x1 - x0, 1.0), np.maximum(y1 - y0, 1.0)
     factor = border_factor((width - n_ud) / width) * border_factor((height - n_lr) / height)
     return scores * factor[:, None]
+
+
+@BLEND_MODIFIERS.register("dark")
+def _dark(scores: np.ndarray, cells: CellRows | None) -> np.ndarray:
+    darkness = _probabilities(_column(cells, DARKNESS_COLUMN, len(scores), "dark"), (len(scores),), "darkness")
+    out = scores * (1.0 - darkness)[:, None]
+    out[:, NEGATIVE] = 0.5 * (scores[:, NEGATIVE] + darkness)
+    return out
 
 
 def nucleus_edge_pixels(nuclei: np.ndarray, cells: CellRows, *, original_shape: Sequence[int],

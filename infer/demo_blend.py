@@ -15,10 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from cellcls.errors import CellclsError
+
 __all__ = ["BLEND_CANDIDATES", "REPORT_BLENDS", "score_blends", "choose_blend_on_validation", "blend_file_name"]
 
 #: candidates of the validation choice, simplest first (on a tie the earlier wins)
-BLEND_CANDIDATES = ("cell", "mean:w=0.8", "mean:w=0.7", "mean:w=0.6", "mean:w=0.5", "product12")
+BLEND_CANDIDATES = ("cell", "mean:w=0.8", "mean:w=0.7", "mean:w=0.6", "mean:w=0.5", "product12", "cell+dark",
+                    "mean:w=0.8+dark")
 #: the rules reported on the test set besides the candidates ({scale}: the masks' image scale)
 REPORT_BLENDS = BLEND_CANDIDATES + ("fourth", "fourth:negative=blend", "cell+border4", "cell+area7:image_scale={scale}",
                                     "mean:w=0.7+border4")
@@ -40,22 +43,28 @@ def _tables(cell_scores: Path, image_scores: Path) -> dict[str, tuple[Any, Any, 
     return out
 
 
-def _cell_rows(entry: Any, image_id: str, cell_ids: Any, *, edges: bool) -> Any:
-    """The cell-table rows of ``cell_ids`` (in that order), with the nucleus-edge columns if asked."""
+def _cell_rows(entry: Any, image_id: str, cell_ids: Any, *, edges: bool, images: Path | None = None) -> Any:
+    """The cell-table rows of ``cell_ids`` (in that order), with the nucleus-edge columns if asked, and
+    the darkness column when ``images`` (the folder of the image) is given."""
+    from cellcls.io import read_image
     from cellcls.masks.table import entry_cell_table
+    from cellcls.signal import entry_cell_darkness
 
-    from .blend import nucleus_edge_pixels
+    from .blend import DARKNESS_COLUMN, nucleus_edge_pixels
 
     rows = entry_cell_table(entry)
     if edges:
         rows = rows.assign(**nucleus_edge_pixels(entry.nuclei, rows, original_shape=entry.original_shape,
                                                  image_id=image_id))
+    if images is not None:
+        darkness = entry_cell_darkness(read_image(images, image_id), entry, rows["cell_id"].tolist())
+        rows = rows.assign(**{DARKNESS_COLUMN: darkness})
     return rows.set_index("cell_id").loc[list(cell_ids)].reset_index()
 
 
 def score_blends(cell_scores: Path, image_scores: Path, masks: Path, sample: Path, solution: Path,
                  out_dir: Path, *, candidates: Sequence[str] = BLEND_CANDIDATES,
-                 prefix: str = "val") -> dict[str, float]:
+                 prefix: str = "val", images: Path | None = None) -> dict[str, float]:
     """mAP@0.6 of every candidate blend of two score tables of the same images.
 
     Parameters
@@ -66,6 +75,8 @@ def score_blends(cell_scores: Path, image_scores: Path, masks: Path, sample: Pat
         (rows of other images are ignored).
     out_dir : where each candidate's submission is written (``{prefix}_{spec}.csv``).
     candidates : blend specs (:meth:`infer.blend.BlendSpec.parse`), ``{scale}`` allowed.
+    images : folder of the images; needed by candidates with the ``dark`` modifier (it reads their green
+        channel).
 
     Returns
     -------
@@ -80,13 +91,16 @@ def score_blends(cell_scores: Path, image_scores: Path, masks: Path, sample: Pat
     reader = MaskCache(masks).reader()
     scale = float(reader.params.get("image_scale", 1.0) or 1.0)
     specs = [BlendSpec.parse(text.format(scale=f"{scale:g}")) for text in candidates]
-    edges = any("border4" in str(spec) for spec in specs)
+    edges = any(name == "border4" for spec in specs for name, _ in spec.modifiers)
+    dark = any(name == "dark" for spec in specs for name, _ in spec.modifiers)
+    if dark and images is None:
+        raise CellclsError("blend candidates with the 'dark' modifier need the images folder (images=)")
     per_image = _tables(cell_scores, image_scores)
     sample_rows = read_sample_submission(sample)
     wanted = {row.id for row in sample_rows}
     truths = {k: v for k, v in read_solution(solution).items() if k in wanted}
     entries = {image_id: reader.read(image_id) for image_id in per_image}
-    rows = {image_id: _cell_rows(entries[image_id], image_id, cell_ids, edges=edges)
+    rows = {image_id: _cell_rows(entries[image_id], image_id, cell_ids, edges=edges, images=images if dark else None)
             for image_id, (cell_ids, *_rest) in per_image.items()}
     results: dict[str, float] = {}
     for spec in specs:
@@ -102,13 +116,15 @@ def score_blends(cell_scores: Path, image_scores: Path, masks: Path, sample: Pat
 
 def choose_blend_on_validation(cell_scores: Path, image_scores: Path, masks: Path, sample: Path,
                                solution: Path, out_dir: Path, *,
-                               candidates: Sequence[str] = BLEND_CANDIDATES) -> tuple[str, dict[str, float]]:
+                               candidates: Sequence[str] = BLEND_CANDIDATES,
+                               images: Path | None = None) -> tuple[str, dict[str, float]]:
     """The best of ``candidates`` on validation images (see :func:`score_blends` for the arguments).
 
     Returns
     -------
     (best spec, {spec: mAP@0.6}); on equal scores the earlier candidate wins.
     """
-    results = score_blends(cell_scores, image_scores, masks, sample, solution, out_dir, candidates=candidates)
+    results = score_blends(cell_scores, image_scores, masks, sample, solution, out_dir, candidates=candidates,
+                           images=images)
     best = max(results, key=lambda k: (results[k], -list(results).index(k)))
     return best, results

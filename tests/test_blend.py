@@ -33,7 +33,7 @@ def _random(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_registered_rules_and_modifiers():
     assert {"cell", "mean", "fourth", "product12"} <= set(BLEND_RULES.names())
-    assert {"area7", "border4"} <= set(BLEND_MODIFIERS.names())
+    assert {"area7", "border4", "dark"} <= set(BLEND_MODIFIERS.names())
 
 
 def test_cell_rule_is_the_identity_and_mean_with_w1_is_cell():
@@ -136,6 +136,21 @@ def test_border4_modifier_multiplies_both_axes():
     assert out[2, 3] == pytest.approx(0.5)
     with pytest.raises(ParameterError, match="nucleus_edge_pixels"):
         blend(cell, np.ones(19), {k: v for k, v in rows.items() if not k.startswith("nucleus")}, spec="cell+border4")
+
+
+def test_dark_modifier_moves_a_dark_cells_classes_to_negative():
+    cell = _scores([{0: 0.8, 16: 0.4, NEG: 0.2}, {0: 0.8, 16: 0.4, NEG: 0.2}, {0: 0.8, NEG: 0.6}])
+    rows = {"darkness": np.array([0.0, 0.5, 1.0])}
+    out = blend(cell, np.ones(19), rows, spec="cell+dark")
+    np.testing.assert_allclose(out[0, [0, 16, NEG]], [0.8, 0.4, 0.1])   # bright: Negative halves
+    np.testing.assert_allclose(out[1, [0, 16, NEG]], [0.4, 0.2, 0.35])
+    np.testing.assert_allclose(out[2, [0, NEG]], [0.0, 0.8])
+    mixed = blend(cell, _image({0: 0.2}), rows, spec="mean:w=0.5+dark")
+    np.testing.assert_allclose(mixed[1, 0], 0.5 * (0.5 * 0.8 + 0.5 * 0.2), rtol=1e-6)
+    with pytest.raises(ParameterError, match="entry_cell_darkness"):
+        blend(cell, np.ones(19), {}, spec="cell+dark")
+    with pytest.raises(ParameterError, match="darkness"):
+        blend(cell, np.ones(19), {"darkness": np.array([0.0, 1.5, 0.0])}, spec="cell+dark")
 
 
 def test_nucleus_edge_pixels_counts_original_pixels_at_any_scale():

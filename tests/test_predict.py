@@ -187,6 +187,27 @@ def test_mean_blend_mixes_cell_and_image_models(world, ckpts, tmp_path):
         np.testing.assert_allclose(scores, 0.7 * cell[c] + 0.3 * image[c], atol=1e-6)
 
 
+def test_dark_blend_reads_each_cells_protein_signal_from_its_image(world, ckpts, tmp_path):
+    from cellcls.io import read_image
+    from infer.config import InferConfig
+
+    config = InferConfig(tta="none", num_workers=0, blend="cell+dark")
+    _, blended, _ = _run(world, tmp_path, [ckpts["cell0"]], config=config, name="dark")
+    cell = _direct(world, ckpts["cell0"], "b")
+    # the plain path: the half-scale map repeated 2 x 2, each cell's 99th percentile of green minus the
+    # background median, against the 90th percentile of the image's cells
+    cells = np.kron(_labels(1), np.ones((2, 2), np.uint16))
+    green = read_image(world["images"], "b")[..., 1].astype(np.float64)
+    ids = [3, 7, 12]
+    signal = np.array([np.percentile(green[cells == c], 99) for c in ids]) - np.median(green[cells == 0])
+    darkness = np.clip(1 - signal / np.percentile(signal, 90), 0, 1)
+    got = _by_cell(blended, "b")
+    for c, d in zip(ids, darkness):
+        np.testing.assert_allclose(got[c][:18], cell[c][:18] * (1 - d), atol=1e-6)
+        np.testing.assert_allclose(got[c][18], 0.5 * (cell[c][18] + d), atol=1e-6)
+    assert darkness.max() > 0  # the random images do differ between cells
+
+
 def test_out_of_fold_uses_only_the_checkpoint_of_each_images_fold(world, ckpts, tmp_path):
     fold_of = {"a": 0, "b": 1, "c": 0}
     _, oof, _ = _run(world, tmp_path, [ckpts["cell0"], ckpts["cell1"]], fold_of=fold_of, name="oof")
