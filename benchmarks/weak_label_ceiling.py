@@ -8,7 +8,9 @@ DEMO_OUT is a finished ``cellcls demo`` folder on a synthetic world (it holds ``
 1. Label quality of the weak targets: per class, how many train cells the image labels broadcast
    call positive and what share of them truly show the class (cells matched to the truth at mask
    IoU >= 0.6; an unmatched segmented cell counts as showing nothing); how many cells are Negative
-   and how many images carry the Negative label (the only source a broadcast model has for it).
+   and how many images carry the Negative label (the only source a broadcast model has for it); how
+   well the targets rank the truth (mean AP over classes) broadcast and with the protein signal folded
+   in (``cellcls.signal``, the demo's ``dark_negative``).
 2. The pseudo round's starting point: mAP@0.6 of the first cell model's own scores
    (``pseudo_scores.parquet``) on the cells it trained on and on the held-out fold-0 cells. The two are
    different images, so their gap mixes memorisation with how hard each set is; compare a set with
@@ -94,6 +96,41 @@ def label_quality(table, image_labels: dict[str, np.ndarray]) -> list[tuple[str,
     return rows
 
 
+def train_cell_darkness(demo: Path, table) -> np.ndarray:
+    """:func:`cellcls.signal.entry_cell_darkness` of every row of ``table`` (segmented train cells)."""
+    from cellcls.io import read_image
+    from cellcls.masks import MaskCache
+    from cellcls.signal import entry_cell_darkness
+
+    reader = MaskCache(demo / "masks" / "train").reader()
+    parts = {}
+    for image_id, rows in table.groupby("ID", sort=False):
+        image = read_image(demo / "world" / "train", image_id)
+        parts[image_id] = dict(zip(rows["cell_id"], entry_cell_darkness(image, reader.read(image_id),
+                                                                        rows["cell_id"].tolist())))
+    return np.array([parts[i][c] for i, c in zip(table["ID"], table["cell_id"])], dtype=np.float32)
+
+
+def target_quality(table, image_labels: dict[str, np.ndarray], darkness: np.ndarray) -> dict[str, float]:
+    """Mean over classes of the AP of each target column against the cell truth: broadcast targets,
+    the same with the protein signal folded in (what ``dark_negative`` trains on), and darkness alone
+    as a ranking of the Negative cells."""
+    from sklearn.metrics import average_precision_score
+
+    from cellcls.scores import SCORE_COLUMNS
+    from cellcls.signal import dark_cell_targets
+
+    truth = table[list(SCORE_COLUMNS)].to_numpy() > 0.5
+    broadcast = np.stack([image_labels[i] for i in table["ID"]]).astype(np.float32)
+
+    def mean_ap(targets: np.ndarray) -> float:
+        return float(np.mean([average_precision_score(truth[:, c], targets[:, c])
+                              for c in range(NUM_CLASSES) if truth[:, c].any()]))
+
+    return {"broadcast": mean_ap(broadcast), "broadcast + darkness": mean_ap(dark_cell_targets(broadcast, darkness)),
+            "Negative AP of darkness": float(average_precision_score(truth[:, NEGATIVE], darkness))}
+
+
 def _subset_map(scores_path: Path, demo: Path, ids: set[str], name: str, out: Path) -> float:
     """mAP@0.6 of a score table's cells of ``ids`` against the train solution."""
     from cellcls.masks import MaskCache
@@ -142,13 +179,13 @@ def val_curve(run: Path) -> list[float]:
 
 def train_on_truth(demo: Path, recorded: dict, labels_path: Path, out: Path, epochs: int) -> None:
     """The demo's cell-model training command (:func:`infer.demo.train_argv`, the demo's ``recorded``
-    options) with ``--cell-labels``."""
+    options) with ``--cell-labels``, the protein-signal shaping off: truth labels need no guessing."""
     from cellcls.cli import main as cellcls_main
     from infer.demo import DemoData, DemoOptions, config_path, train_argv
 
     options = DemoOptions(**{**recorded, "out": demo, "data": None})
     argv = train_argv(config_path("demo_recipe_cell.yaml"), out, DemoData.of(demo / "world"), demo / "masks" / "train",
-                      options, epochs=epochs, extra=["--cell-labels", labels_path])
+                      options, epochs=epochs, extra=["--cell-labels", labels_path, "--data.dark_negative", "false"])
     code = cellcls_main([str(a) for a in argv])
     if code != 0:
         raise CellclsError(f"the truth-label training run failed (exit {code}); see its messages above")
@@ -193,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     negative_images = sum(bool(v[NEGATIVE]) for v in image_labels.values())
     print(f"Negative cells in truth: {negative_cells} ({negative_cells / len(table):.0%}); images labelled "
           f"Negative: {negative_images}")
+    quality = target_quality(table, image_labels, train_cell_darkness(demo, table))
+    print("targets against the cell truth (mean AP over classes): "
+          + ",  ".join(f"{k} {v:.3f}" for k, v in quality.items()))
 
     memo = trained_vs_held_out(demo, out)
     if memo is not None:
         print(f"\n2. first cell model's scores (pseudo_scores.parquet): mAP@0.6 on the cells it trained on "
               f"{memo[0]:.3f}, on held-out fold-0 cells {memo[1]:.3f} (other images: not a memorisation figure)")
 
-    curves = {"broadcast (demo runs/cell)": val_curve(demo / "runs" / "cell"),
+    curves = {"first model (demo runs/cell)": val_curve(demo / "runs" / "cell"),
               "pseudo round (demo runs/cell_pseudo)": val_curve(demo / "runs" / "cell_pseudo")}
     if not args.no_train:
         options = summary.get("options", {})

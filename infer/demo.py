@@ -384,7 +384,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                  scores=val / "image.parquet", config=image_only, progress=options.progress)
         if data.solution_train is not None:
             best, scores = choose_blend_on_validation(val / "cell.parquet", val / "image.parquet", masks_train,
-                                                      val_sample, data.solution_train, val)
+                                                      val_sample, data.solution_train, val, images=data.train)
             print("validation mAP@0.6 of each blend:  " + ",  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
             fig["blend_choice"] = scores
         else:
@@ -436,7 +436,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             # reported only: the submission's blend was chosen on validation images above
             fig["map_blends_test"] = score_blends(test_dir / "cell.parquet", test_dir / "image.parquet", masks_test,
                                                   data.sample, data.solution, test_dir, candidates=REPORT_BLENDS,
-                                                  prefix="test")
+                                                  prefix="test", images=data.test)
             print("test mAP@0.6 of every blend rule (reported, not used to choose):  "
                   + ",  ".join(f"{k} {v:.3f}" for k, v in fig["map_blends_test"].items()))
     fig["stage_s"] = dict(run.stage_s)

@@ -157,6 +157,10 @@ def test_truth_cell_labels_score_every_segmented_cell_within_its_images_labels(t
     assert len(quality) == NUM_CLASSES
     for _name, n, hit, precision in quality:
         assert 0 <= hit <= n and (n == 0 or precision == pytest.approx(hit / n))
+    darkness = ceiling_script.train_cell_darkness(tiny_run, table)
+    assert darkness.shape == (len(table),) and np.all((darkness >= 0) & (darkness <= 1))
+    targets = ceiling_script.target_quality(table, image_labels, darkness)
+    assert all(0.0 <= v <= 1.0 for v in targets.values())
 
 
 @pytest.mark.slow
@@ -164,5 +168,6 @@ def test_ceiling_script_trains_on_cell_truth_and_reports_its_test_score(tiny_run
     assert ceiling_script.main(["--demo", str(tiny_run), "--epochs", "1", "--out", str(tmp_path / "c")]) == 0
     printed = capsys.readouterr().out
     assert "trained on cell truth" in printed and "held-out fold-0 cells" in printed
+    assert "broadcast + darkness" in printed and "Negative AP of darkness" in printed
     assert (tmp_path / "c" / "truth_run" / "checkpoints" / "last.ckpt").is_file()
     assert len(ceiling_script.val_curve(tmp_path / "c" / "truth_run")) == 1
