@@ -1,7 +1,7 @@
 """Inference (issue 11): crop scoring speed, per-stage times of a synthetic run, peak memory of a big image.
 
     python benchmarks/bench_predict.py                 # all three parts
-    python benchmarks/bench_predict.py --part speed    # or: stages, memory
+    python benchmarks/bench_predict.py --part speed    # or: stages, memory, signal
 
 1. speed: cells/s of efficientnet_b0 (random weights) with seed 002's 4x TTA at 128 and 256 px, CPU.
 2. stages: a 20-image synthetic test set (512 px, quarter-size world), classical segmentation, then
@@ -9,6 +9,8 @@
    (decode, segment, crop, model, blend, encode) and the limiting one.
 3. memory: one 3072 x 3072 16-bit image with 100 cells (mask at 1/4 scale), efficientnet_b0 at 256 px,
    4x TTA, submission + score table, in a fresh process: its peak RSS (goal < 4 GB).
+4. signal: what the ``dark`` blend modifier adds per image (``cellcls.signal.entry_cell_darkness``: label
+   map upscaled, a percentile per cell), beside cutting the same cells' 128 px masked crops.
 """
 from __future__ import annotations
 
@@ -95,6 +97,41 @@ def stages() -> None:
     for name, value in times.items():
         print(f"| {name} | {value:.2f} | {value / total:.0%} |")
     print(f"limiting stage: {max(times, key=times.get)}; {summary.n_cells / times['model']:.1f} cells/s in the model")
+
+
+def signal() -> None:
+    from cellcls.crops import crop_cells
+    from cellcls.masks.table import cell_table
+    from cellcls.signal import entry_cell_darkness
+
+    class Entry:
+        def __init__(self, cells: np.ndarray) -> None:
+            self.cells = cells
+
+    def median_ms(fn, repeats: int = 5) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[repeats // 2] * 1000
+
+    rng = np.random.default_rng(0)
+    print("\n25 cells per image (5 x 5 grid), 8-bit RGBY, median of 5 runs\n")
+    print("| image px | mask scale | darkness ms | masked 128 px crops ms | ratio |\n|---|---|---|---|---|")
+    for side, scale in ((512, 1.0), (2048, 0.25), (2048, 1.0), (3072, 0.25)):
+        m = int(side * scale)
+        step = m // 5
+        cells = np.zeros((m, m), np.uint16)
+        for k in range(25):
+            i, j = divmod(k, 5)
+            cells[i * step + 2:(i + 1) * step - 2, j * step + 2:(j + 1) * step - 2] = k + 1
+        image = rng.integers(0, 255, (side, side, 4), dtype=np.uint8)
+        rows = cell_table(cells, cells, image_id="bench", original_shape=(side, side), mask_key="bench")
+        ids = rows["cell_id"].tolist()
+        dark = median_ms(lambda: entry_cell_darkness(image, Entry(cells), ids))
+        crop = median_ms(lambda: crop_cells(image, cells, rows, mode="masked", size=128, margin=0.1))
+        print(f"| {side} | {scale:g} | {dark:.1f} | {crop:.1f} | {dark / crop:.2f}x |")
 
 
 def _memory_child(tmp: Path) -> None:
@@ -248,14 +285,15 @@ def blends(n_train: int = 64, n_test: int = 24, epochs: int = 8) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "speed", "stages", "memory", "blends"), default="all",
-                        help="all = speed, stages, memory; blends (trains 4 small models, ~10+ min) only when asked")
+    parser.add_argument("--part", choices=("all", "speed", "stages", "memory", "signal", "blends"), default="all",
+                        help="all = speed, stages, memory, signal; blends (trains 4 small models, ~10+ min) only "
+                             "when asked")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         _memory_child(Path(args.memory_child))
         return
-    for name, fn in (("speed", speed), ("stages", stages), ("memory", memory), ("blends", blends)):
+    for name, fn in (("speed", speed), ("stages", stages), ("memory", memory), ("signal", signal), ("blends", blends)):
         if args.part == name or (args.part == "all" and name != "blends"):
             fn()
 
