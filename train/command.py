@@ -62,7 +62,8 @@ TRAIN = Command(
     name="train",
     help="train an image- or cell-level classifier or an ArcFace embedding (PyTorch Lightning) from a YAML config",
     description="Train a multilabel classifier on whole images (task 'image') or on crops of every segmented "
-    "cell (task 'cell', weak image labels broadcast or soft per-cell labels), validate each epoch (focal loss, "
+    "cell (task 'cell', weak image labels broadcast or soft per-cell labels; --data.dark_negative true moves "
+    "the targets of cells whose protein channel stays at background to Negative), validate each epoch (focal loss, "
     "macro/micro F1, per-class AP; mAP@0.6 of the validation cells on a world with per-cell truth) and save "
     "checkpoints that carry everything inference needs (thresholds, classes, crops, statistics, mask key). "
     "The config's sections are the typed arguments of the model, the data module, the Lightning Trainer and "
