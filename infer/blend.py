@@ -65,6 +65,7 @@ __all__ = [
     "blend",
     "border_factor",
     "nucleus_edge_pixels",
+    "add_modifier_columns",
 ]
 
 Rule = Callable[..., np.ndarray]
@@ -344,6 +345,30 @@ class BlendSpec:
 
     def __call__(self, cell_scores: np.ndarray, image_scores: np.ndarray, cells: CellRows | None = None) -> np.ndarray:
         return blend(cell_scores, image_scores, cells, spec=self)
+
+    def uses(self, modifier: str) -> bool:
+        """Whether the modifier named ``modifier`` is part of this spec."""
+        return any(name == modifier for name, _ in self.modifiers)
+
+
+def add_modifier_columns(rows: Any, entry: Any, specs: Sequence[BlendSpec], *,
+                         image: np.ndarray | None = None) -> Any:
+    """The cell-table ``rows`` of a mask-cache ``entry`` plus the columns the modifiers of ``specs`` read.
+
+    ``border4``: :data:`EDGE_COLUMNS` from the entry's nuclei map (:func:`nucleus_edge_pixels`).
+    ``dark``: :data:`DARKNESS_COLUMN` from ``image``, the (H, W, 4) RGBY image, required then
+    (:func:`cellcls.signal.entry_cell_darkness`). Other columns are left as they are.
+    """
+    if any(spec.uses("border4") for spec in specs):
+        rows = rows.assign(**nucleus_edge_pixels(entry.nuclei, rows, original_shape=entry.original_shape,
+                                                 image_id=entry.image_id))
+    if any(spec.uses("dark") for spec in specs):
+        if image is None:
+            raise ParameterError(f"the 'dark' modifier needs image {entry.image_id}'s channels (image=)")
+        from cellcls.signal import entry_cell_darkness
+
+        rows = rows.assign(**{DARKNESS_COLUMN: entry_cell_darkness(image, entry, rows["cell_id"].tolist())})
+    return rows
 
 
 def blend(cell_scores: np.ndarray, image_scores: np.ndarray, cells: CellRows | None = None, *,

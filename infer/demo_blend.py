@@ -43,22 +43,16 @@ def _tables(cell_scores: Path, image_scores: Path) -> dict[str, tuple[Any, Any, 
     return out
 
 
-def _cell_rows(entry: Any, image_id: str, cell_ids: Any, *, edges: bool, images: Path | None = None) -> Any:
-    """The cell-table rows of ``cell_ids`` (in that order), with the nucleus-edge columns if asked, and
-    the darkness column when ``images`` (the folder of the image) is given."""
+def _cell_rows(entry: Any, cell_ids: Any, specs: Sequence[Any], images: Path | None) -> Any:
+    """The cell-table rows of ``cell_ids`` (in that order) with the columns the modifiers of ``specs``
+    read; the image is read from ``images`` only when one of them needs it (``dark``)."""
     from cellcls.io import read_image
     from cellcls.masks.table import entry_cell_table
-    from cellcls.signal import entry_cell_darkness
 
-    from .blend import DARKNESS_COLUMN, nucleus_edge_pixels
+    from .blend import add_modifier_columns
 
-    rows = entry_cell_table(entry)
-    if edges:
-        rows = rows.assign(**nucleus_edge_pixels(entry.nuclei, rows, original_shape=entry.original_shape,
-                                                 image_id=image_id))
-    if images is not None:
-        darkness = entry_cell_darkness(read_image(images, image_id), entry, rows["cell_id"].tolist())
-        rows = rows.assign(**{DARKNESS_COLUMN: darkness})
+    image = read_image(images, entry.image_id) if any(spec.uses("dark") for spec in specs) else None
+    rows = add_modifier_columns(entry_cell_table(entry), entry, specs, image=image)
     return rows.set_index("cell_id").loc[list(cell_ids)].reset_index()
 
 
@@ -91,16 +85,14 @@ def score_blends(cell_scores: Path, image_scores: Path, masks: Path, sample: Pat
     reader = MaskCache(masks).reader()
     scale = float(reader.params.get("image_scale", 1.0) or 1.0)
     specs = [BlendSpec.parse(text.format(scale=f"{scale:g}")) for text in candidates]
-    edges = any(name == "border4" for spec in specs for name, _ in spec.modifiers)
-    dark = any(name == "dark" for spec in specs for name, _ in spec.modifiers)
-    if dark and images is None:
+    if images is None and any(spec.uses("dark") for spec in specs):
         raise CellclsError("blend candidates with the 'dark' modifier need the images folder (images=)")
     per_image = _tables(cell_scores, image_scores)
     sample_rows = read_sample_submission(sample)
     wanted = {row.id for row in sample_rows}
     truths = {k: v for k, v in read_solution(solution).items() if k in wanted}
     entries = {image_id: reader.read(image_id) for image_id in per_image}
-    rows = {image_id: _cell_rows(entries[image_id], image_id, cell_ids, edges=edges, images=images if dark else None)
+    rows = {image_id: _cell_rows(entries[image_id], cell_ids, specs, images)
             for image_id, (cell_ids, *_rest) in per_image.items()}
     results: dict[str, float] = {}
     for spec in specs:

@@ -72,11 +72,13 @@ class _Skip(Exception):
 
 
 def _prepare(image_id: str, images_dir: Path, reader, models: Sequence[ScoringModel], sample_shape,
-             needs_edges: bool, needs_darkness: bool = False) -> _Prepared:
+             spec) -> _Prepared:
     from cellcls.crops import crop_cells
     from cellcls.io import read_image
     from cellcls.masks.table import entry_cell_table
     from cellcls.normalize import image_to_model_input
+
+    from .blend import add_modifier_columns
 
     timings = dict.fromkeys(STAGES, 0.0)
     if reader is None or image_id not in reader:
@@ -101,17 +103,7 @@ def _prepare(image_id: str, images_dir: Path, reader, models: Sequence[ScoringMo
         raise _Skip(f"the image is {image.shape[:2]} but its mask entry was made from a "
                     f"{tuple(entry.original_shape)} image; re-segment it")
     t0 = time.perf_counter()
-    if needs_edges:
-        from .blend import nucleus_edge_pixels
-
-        rows = rows.assign(**nucleus_edge_pixels(entry.nuclei, rows, original_shape=entry.original_shape,
-                                                 image_id=image_id))
-    if needs_darkness:
-        from cellcls.signal import entry_cell_darkness
-
-        from .blend import DARKNESS_COLUMN
-
-        rows = rows.assign(**{DARKNESS_COLUMN: entry_cell_darkness(image, entry, rows["cell_id"].tolist())})
+    rows = add_modifier_columns(rows, entry, [spec], image=image)
     crops: dict[tuple, np.ndarray] = {}
     images: dict[tuple, np.ndarray] = {}
     for m in models:
@@ -260,8 +252,6 @@ def predict_images(
     from .blend import BlendSpec
 
     spec = BlendSpec.parse(config.blend)
-    needs_edges = any(name == "border4" for name, _ in spec.modifiers)
-    needs_darkness = any(name == "dark" for name, _ in spec.modifiers)
     images_dir = Path(images_dir)
     shapes = {row.id: row.shape for row in sample} if sample is not None else {}
     if submission_path is not None and sample is None:
@@ -282,7 +272,7 @@ def predict_images(
             chosen = models_for(image_id)
             if not chosen:
                 raise _Skip(f"no checkpoint was validated on its fold {fold_of.get(image_id)}")
-            return _prepare(image_id, images_dir, reader, chosen, shapes.get(image_id), needs_edges, needs_darkness)
+            return _prepare(image_id, images_dir, reader, chosen, shapes.get(image_id), spec)
 
         bar = tqdm(total=len(ids), desc="scoring cells", unit="img", disable=not progress)
         group: list[_Prepared] = []

@@ -153,6 +153,31 @@ def test_dark_modifier_moves_a_dark_cells_classes_to_negative():
         blend(cell, np.ones(19), {"darkness": np.array([0.0, 1.5, 0.0])}, spec="cell+dark")
 
 
+def test_modifier_columns_are_added_only_for_the_modifiers_a_spec_uses():
+    import pandas as pd
+
+    from infer.blend import add_modifier_columns
+
+    class Entry:
+        image_id = "img"
+        original_shape = (8, 8)
+        cells = np.kron(np.array([[1, 2], [0, 0]], np.uint16), np.ones((4, 4), np.uint16))
+        nuclei = cells
+    rows = pd.DataFrame({"cell_id": [1, 2], "y0": [0, 0], "x0": [0, 4], "y1": [4, 4], "x1": [4, 8]})
+    image = np.zeros((8, 8, 4), np.uint8)
+    image[:4, 4:, 1] = 200  # cell 2 stained, cell 1 dark
+    plain = add_modifier_columns(rows, Entry, [BlendSpec.parse("mean:w=0.7")])
+    assert list(plain.columns) == list(rows.columns)
+    both = add_modifier_columns(rows, Entry, [BlendSpec.parse("cell+border4"), BlendSpec.parse("cell+dark")], image=image)
+    edges = nucleus_edge_pixels(Entry.nuclei, rows, original_shape=(8, 8))
+    for key, values in edges.items():
+        np.testing.assert_array_equal(both[key], values)
+    np.testing.assert_allclose(both["darkness"], [1.0, 0.0])
+    with pytest.raises(ParameterError, match="img"):
+        add_modifier_columns(rows, Entry, [BlendSpec.parse("cell+dark")])
+    assert BlendSpec.parse("mean:w=0.7+dark").uses("dark") and not BlendSpec.parse("cell").uses("dark")
+
+
 def test_nucleus_edge_pixels_counts_original_pixels_at_any_scale():
     nuclei = np.zeros((5, 5), dtype=np.uint16)
     nuclei[0, 1:4] = 1          # cell 1: nucleus on the top row, 3 seg pixels wide
