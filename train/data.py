@@ -283,7 +283,7 @@ class HpaDataModule(pl.LightningDataModule):
         self.val_targets: np.ndarray | None = None
         self.val_cells = None  # ValidationCells when a solution with per-cell truth is given
         self.train_cells: list[tuple[str, int]] = []  # cell task: (ID, cell_id) of each sample
-        self.cell_darkness: dict[tuple[str, int], float] = {}  # dark_negative: (ID, cell_id) -> darkness
+        self.cell_darkness: dict[tuple[str, int], float] = {}  # dark_negative: training (ID, cell_id) -> darkness
         self.val_cell_index: list[tuple[str, int]] = []
         self.mask_key: str | None = None
         self.mask_params_hash: str | None = None
@@ -348,7 +348,7 @@ class HpaDataModule(pl.LightningDataModule):
         val_ids = [i for i, keep in zip(table.ids, val) if keep]
         soft = read_cell_labels(hp.cell_labels) if hp.cell_labels is not None else None
         fit_tf, val_tf = self._transforms(hp.crop_size, None)
-        train_crops, train_cells, entries = self._cut(train_ids)
+        train_crops, train_cells, entries = self._cut(train_ids, darkness=hp.dark_negative)
         val_crops, val_cells, val_entries = self._cut(val_ids)
         entries.update(val_entries)
         train_targets = self._cell_targets(train_cells, image_targets, soft, entries)
@@ -381,8 +381,9 @@ class HpaDataModule(pl.LightningDataModule):
         """Whether the samples are cell crops: the cell task, and the arcface task given ``masks``."""
         return self.hparams.task == "cell" or (self.hparams.task == "arcface" and self.hparams.masks is not None)
 
-    def _cut(self, ids: Sequence[str]):
-        """Crops of every cell of ``ids``: ((N, 4, S, S) array, [(ID, cell_id)], {ID: CacheEntry})."""
+    def _cut(self, ids: Sequence[str], *, darkness: bool = False):
+        """Crops of every cell of ``ids``: ((N, 4, S, S) array, [(ID, cell_id)], {ID: CacheEntry}); with
+        ``darkness`` each cell's darkness also goes into :attr:`cell_darkness`."""
         from tqdm import tqdm
 
         from cellcls.crops import crop_cells
@@ -407,11 +408,11 @@ class HpaDataModule(pl.LightningDataModule):
             crops.append(crop_cells(image, entry.cells, rows, mode=hp.crop_mode, size=hp.crop_size,
                                     margin=hp.crop_margin, image_id=image_id))
             cells.extend((image_id, int(c)) for c in rows["cell_id"])
-            if hp.dark_negative:
+            if darkness:
                 from cellcls.signal import entry_cell_darkness
 
-                darkness = entry_cell_darkness(image, entry, rows["cell_id"].tolist())
-                self.cell_darkness.update(zip(cells[-len(rows):], darkness.tolist()))
+                values = entry_cell_darkness(image, entry, rows["cell_id"].tolist())
+                self.cell_darkness.update(zip(cells[-len(rows):], values.tolist()))
         if not crops:
             raise CellclsError(f"no cells found in the mask cache {hp.masks} for {len(ids)} images")
         return np.concatenate(crops), cells, entries
