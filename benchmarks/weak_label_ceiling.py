@@ -82,12 +82,16 @@ def truth_cell_labels(demo: Path) -> "tuple[object, dict[str, np.ndarray]]":
     return pd.concat(parts, ignore_index=True), image_labels
 
 
-def label_quality(table, image_labels: dict[str, np.ndarray]) -> list[tuple[str, int, int, float]]:
-    """Per class: (name, broadcast-positive cells, of them truly positive, precision)."""
+def _truth_and_broadcast(table, image_labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 19) bool cell truth of the rows of ``table``, and their image labels broadcast (n, 19) bool."""
     from cellcls.scores import SCORE_COLUMNS
 
-    truth = table[list(SCORE_COLUMNS)].to_numpy() > 0.5
-    broadcast = np.stack([image_labels[i] for i in table["ID"]])
+    return table[list(SCORE_COLUMNS)].to_numpy() > 0.5, np.stack([image_labels[i] for i in table["ID"]])
+
+
+def label_quality(table, image_labels: dict[str, np.ndarray]) -> list[tuple[str, int, int, float]]:
+    """Per class: (name, broadcast-positive cells, of them truly positive, precision)."""
+    truth, broadcast = _truth_and_broadcast(table, image_labels)
     rows = []
     for c in range(NUM_CLASSES):
         n = int(broadcast[:, c].sum())
@@ -117,11 +121,10 @@ def target_quality(table, image_labels: dict[str, np.ndarray], darkness: np.ndar
     as a ranking of the Negative cells."""
     from sklearn.metrics import average_precision_score
 
-    from cellcls.scores import SCORE_COLUMNS
     from cellcls.signal import dark_cell_targets
 
-    truth = table[list(SCORE_COLUMNS)].to_numpy() > 0.5
-    broadcast = np.stack([image_labels[i] for i in table["ID"]]).astype(np.float32)
+    truth, broadcast = _truth_and_broadcast(table, image_labels)
+    broadcast = broadcast.astype(np.float32)
 
     def mean_ap(targets: np.ndarray) -> float:
         return float(np.mean([average_precision_score(truth[:, c], targets[:, c])
